@@ -1,0 +1,304 @@
+"""Typed, frozen, strict run configs; YAML loading with `--set a.b=c` overrides.
+
+A run config is one pre-training run: data, backbone, method, optimiser, schedule, evaluation and
+the Ray Train resources. Unknown keys are rejected with their dotted path (`method.queu_size`),
+values are checked where a wrong value would waste a cluster-hour, and derived values (the
+effective learning rate) are properties that the run logs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from sslray.config_types import AugmentConfig, StrictModel
+from sslray.methods import METHOD_CONFIGS, MethodConfig
+
+__all__ = [
+    "AugmentConfig",
+    "BackboneConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "OptimConfig",
+    "ResourcesConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "builtin_configs",
+    "load_config",
+    "resolve_config_path",
+]
+
+DatasetName = Literal[
+    "fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "digits", "synthetic"
+]
+
+
+class DataConfig(StrictModel):
+    dataset: DatasetName = "fashion_mnist"  # the embedded default (Debian dataset-fashion-mnist)
+    root: str | None = None  # None: the dataset's default root (see sslray.data.datasets)
+    image_size: int | None = None  # None: native size (28 for *MNIST, 32 CIFAR, 96 STL-10)
+    train_subset: int | None = None  # None: the whole training split
+    test_subset: int | None = None  # None: the whole test split
+    subset_seed: int = 0  # fixed, so every run of a sweep sees the same subset
+    download: bool = False  # never download unless asked (no hidden downloads)
+    loader_workers: int = Field(default=2, ge=0)  # DataLoader workers for image-file datasets
+    synthetic_size: int = Field(default=1024, ge=20)  # images per split of the synthetic set
+    synthetic_classes: int = Field(default=4, ge=2)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DataConfig:
+        for name in ("train_subset", "test_subset", "image_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {v}")
+        return self
+
+
+class BackboneConfig(StrictModel):
+    arch: Literal["resnet18", "resnet50", "small_resnet"] = "resnet50"  # MoCo/BYOL papers: R50
+    small_stem: bool = False  # 3x3 stride-1 conv1, no max-pool: the CIFAR recipes' stem
+    width: int = Field(default=32, ge=4)  # small_resnet: channels of the first stage
+    blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet: BasicBlocks per stage (stride 1, 2, 2, ...)
+
+    @model_validator(mode="after")
+    def _blocks(self) -> BackboneConfig:
+        if not self.blocks or any(b < 1 for b in self.blocks):
+            raise ValueError(f"blocks must be a non-empty list of positive ints, got {self.blocks}")
+        return self
+
+
+class OptimConfig(StrictModel):
+    name: Literal["sgd"] = "sgd"  # MoCo v1/v2: SGD
+    lr: float = Field(default=0.03, gt=0)  # MoCo: 0.03 at batch 256 (scaled by batch/256)
+    lr_scaling: Literal["linear", "none"] = "linear"  # Goyal et al. 2017 linear scaling rule
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # MoCo: 0.9
+    weight_decay: float = Field(default=1e-4, ge=0)  # MoCo: 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"  # MoCo v2: cosine; v1: step
+    milestones: tuple[int, ...] = (120, 160)  # MoCo v1: x0.1 at epochs 120 and 160
+    warmup_epochs: float = Field(default=0.0, ge=0)  # MoCo: none
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(default=200, ge=1)  # MoCo v1/v2 headline: 200 epochs
+    batch_size: int = Field(default=256, ge=2)  # global batch over all workers; MoCo: 256
+
+
+class EvalConfig(StrictModel):
+    knn_k: int = Field(default=200, ge=1)  # InstDisc (Wu et al. 2018) weighted kNN: k=200
+    knn_temperature: float = Field(default=0.07, gt=0)  # InstDisc: tau=0.07
+    every_n_epochs: int = Field(default=0, ge=0)  # kNN monitor every n epochs; 0: only at the end
+    at_init: bool = True  # also evaluate the random-init backbone (the baseline every table needs)
+    batch_size: int = Field(default=512, ge=1)  # feature extraction batch
+
+
+class ResourcesConfig(StrictModel):
+    workers: int = Field(default=1, ge=0)  # Ray Train workers; 0 = Ray Train local mode (no Ray)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=1.0, ge=0)
+    max_failures: int = Field(default=1, ge=0)  # worker-group restarts from the last checkpoint
+
+
+class RunConfig(StrictModel):
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    method: MethodConfig = Field(default_factory=lambda: METHOD_CONFIGS["moco"]())
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        workers = max(self.resources.workers, 1)
+        if self.train.batch_size % workers:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) must be divisible by "
+                f"resources.workers ({workers}): each worker takes an equal share"
+            )
+        queue = getattr(self.method, "queue_size", None)
+        dictionary = getattr(self.method, "dictionary", "queue")
+        if queue is not None and dictionary == "queue" and queue % self.train.batch_size:
+            raise ValueError(
+                f"method.queue_size ({queue}) must be a multiple of train.batch_size "
+                f"({self.train.batch_size}) so the queue holds whole batches (MoCo asserts this)"
+            )
+        return self
+
+    @property
+    def effective_lr(self) -> float:
+        """Base lr scaled by the global batch (linear rule, lr * batch / 256)."""
+        if self.optim.lr_scaling == "linear":
+            return self.optim.lr * self.train.batch_size / 256
+        return self.optim.lr
+
+    def derived(self) -> dict[str, Any]:
+        """Derived values, logged next to the resolved config."""
+        return {"effective_lr": self.effective_lr, "per_worker_batch": self.per_worker_batch}
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.train.batch_size // max(self.resources.workers, 1)
+
+    def smoke(self) -> RunConfig:
+        """A shrunk copy that checks the whole path in seconds: tiny subset, 1 epoch."""
+        raw = self.model_dump()
+        workers = max(self.resources.workers, 1)
+        batch = 16 * workers
+        raw["train"].update(epochs=1, batch_size=batch)
+        raw["data"].update(train_subset=min(self.data.train_subset or 256, 256))
+        raw["data"].update(test_subset=min(self.data.test_subset or 128, 128), synthetic_size=256)
+        raw["eval"].update(knn_k=min(self.eval.knn_k, 20), every_n_epochs=0)
+        if self.backbone.arch != "small_resnet":
+            raw["backbone"].update(arch="small_resnet", width=8, blocks=(1, 1), small_stem=True)
+        if "queue_size" in raw["method"]:
+            raw["method"]["queue_size"] = batch * 4
+        if "bn_splits" in raw["method"]:
+            raw["method"]["bn_splits"] = min(raw["method"]["bn_splits"], 2)
+        return RunConfig.model_validate(raw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `problems` lists 'dotted.path: what is wrong' lines."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config {source}:\n{lines}")
+
+
+def _model_at(path: tuple[Any, ...], raw: dict[str, Any]) -> type[StrictModel] | None:
+    """The config class found at a dotted path (for 'did you mean' hints)."""
+    model: type[StrictModel] | None = RunConfig
+    node: Any = raw
+    for part in path:
+        if model is None:
+            return None
+        if part == "method" and model is RunConfig:
+            name = node.get("method", {}).get("name", "moco") if isinstance(node, dict) else "moco"
+            model = METHOD_CONFIGS.get(name)
+            node = node.get("method", {}) if isinstance(node, dict) else {}
+            continue
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, StrictModel) else None
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return model
+
+
+def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = list(e["loc"])
+        # A discriminated union adds the tag to the location: method.moco.x -> method.x
+        if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_CONFIGS:
+            loc.pop(1)
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(tuple(loc[:-1]), raw)
+            hint = ""
+            if parent is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
+                known = ", ".join(sorted(parent.model_fields))
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {known})"
+            problems.append(f"{path}: unknown key{hint}")
+        elif e["type"] == "union_tag_invalid" or (path == "method.name" and e["type"] == "literal_error"):
+            known = ", ".join(sorted(METHOD_CONFIGS))
+            name = raw.get("method", {}).get("name") if isinstance(raw.get("method"), dict) else None
+            problems.append(f"method.name: unknown method {name!r} (registered: {known})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{path}: {msg}{shown}")
+    return problems
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` overrides to a raw config dict (values parsed as YAML: 3, 0.1, [1, 2])."""
+    out = json.loads(json.dumps(raw))  # deep copy; the input is never mutated
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", [f"'{item}': expected key=value, e.g. train.epochs=10"])
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError("--set", [f"{key}: value {text!r} is not valid YAML ({exc})"]) from exc
+        node = out
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError("--set", [f"{key}: '{where}' is a value, not a section"])
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def validate_raw(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"(top level): expected a mapping, got {type(raw).__name__}"])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(source, format_validation_error(err, raw)) from None
+
+
+BUILTIN_DIR = Path(__file__).parent / "configs"
+
+
+def builtin_configs() -> dict[str, Path]:
+    """Run configs shipped with the package, by name (usable as `sslray run <name>`)."""
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+
+
+def resolve_config_path(spec: str) -> Path:
+    path = Path(spec)
+    if path.is_file():
+        return path
+    builtins = builtin_configs()
+    if spec in builtins:
+        return builtins[spec]
+    if path.exists():
+        raise ConfigError(spec, [f"{spec}: is a directory, expected a YAML file"])
+    names = ", ".join(builtins)
+    raise ConfigError(spec, [f"{spec}: no such file, and not a built-in config ({names})"])
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(path), [f"malformed YAML{where}: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [f"(top level): expected a mapping, got {type(raw).__name__}"])
+    return raw
+
+
+def load_config(spec: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run config from a YAML path or built-in name, apply overrides, validate."""
+    path = resolve_config_path(str(spec))
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate_raw(raw, source=str(path))

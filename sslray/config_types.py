@@ -1,0 +1,72 @@
+"""Config building blocks shared by the run config and the method configs.
+
+Kept apart from `sslray.config` so that method files can import these without a cycle
+(`sslray.config` imports the method registry to build the discriminated union of methods).
+Plain pydantic: no torch here.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+class StrictModel(BaseModel):
+    """Frozen, strict config node: unknown keys are errors, nothing mutates it (house rule 2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_range(name: str, pair: tuple[float, float], lo: float, hi: float) -> None:
+    a, b = pair
+    if not (lo <= a <= b <= hi):
+        raise ValueError(f"{name} must satisfy {lo} <= min <= max <= {hi}, got {pair}")
+
+
+class AugmentConfig(StrictModel):
+    """One view's augmentation. Defaults are MoCo v2's `aug_plus` (moco/main_moco.py, 7397dfe1).
+
+    The same description drives both implementations in `sslray.data.views`: the batched tensor
+    pipeline (in-memory datasets, the fast CPU path) and the per-sample torchvision.transforms.v2
+    pipeline (image files).
+    """
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # MoCo v1/v2 RandomResizedCrop(scale=(0.2, 1.))
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop default
+    flip_p: float = 0.5  # RandomHorizontalFlip() in MoCo v1/v2
+    jitter_p: float = 0.8  # MoCo v2: RandomApply([ColorJitter(...)], p=0.8)
+    brightness: float = 0.4  # MoCo v2 ColorJitter(0.4, 0.4, 0.4, 0.1)
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2  # MoCo v2 RandomGrayscale(p=0.2)
+    blur_p: float = 0.5  # MoCo v2 RandomApply([GaussianBlur([.1, 2.])], p=0.5)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # MoCo v2 / SimCLR sigma range, in pixels
+    solarize_p: float = 0.0  # BYOL view 2 uses 0.2; MoCo never solarizes
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        _check_range("crop_scale", self.crop_scale, 0.0, 1.0)
+        if self.crop_scale[0] <= 0:
+            raise ValueError("crop_scale min must be > 0")
+        _check_range("crop_ratio", self.crop_ratio, 1e-3, 1e3)
+        _check_range("blur_sigma", self.blur_sigma, 1e-3, 1e3)
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} is a probability, must be in [0, 1], got {p}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        return self
+
+    @classmethod
+    def moco_v1(cls) -> AugmentConfig:
+        """MoCo v1 augmentation (main_moco.py without --aug-plus): jitter always, no blur."""
+        return cls(jitter_p=1.0, hue=0.4, blur_p=0.0)  # ColorJitter(0.4, 0.4, 0.4, 0.4), p=1
+
+    @classmethod
+    def moco_v2(cls) -> AugmentConfig:
+        """MoCo v2 augmentation (main_moco.py --aug-plus)."""
+        return cls()

@@ -1,0 +1,76 @@
+"""Distributed helpers that degrade to one process: rank, world size, all_gather, shuffle BN.
+
+Device-agnostic: the same code runs over gloo (CPU tensors) and NCCL (CUDA tensors) inside Ray
+Train workers, and without torch.distributed at all (unit tests, Ray Train local mode).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """All workers' x (B, ...) concatenated in rank order: (world * B, ...). No gradient.
+
+    Every worker must pass the same shape (MoCo: equal per-worker batches).
+    """
+    if not is_distributed() or world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if not is_distributed() or world_size() == 1:
+        return x
+    y = x.clone()
+    dist.all_reduce(y)
+    return y / world_size()
+
+
+@torch.no_grad()
+def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle a batch across all workers for shuffle BN (He et al. 2020, sec. 3.3).
+
+    Gathers the global batch, draws one permutation on rank 0 and broadcasts it, and returns
+    this worker's shard of the permuted batch plus `idx_unshuffle` for `batch_unshuffle`.
+    With one process the permutation is local: it matters there when BN statistics are computed
+    over sub-batches (SplitBatchNorm2d), the single-device emulation of per-GPU BN.
+    """
+    local_b = x.shape[0]
+    if not is_distributed() or world_size() == 1:
+        idx_shuffle = torch.randperm(local_b, device=x.device)
+        return x[idx_shuffle], torch.argsort(idx_shuffle)
+    x_all = concat_all_gather(x)
+    n = x_all.shape[0]
+    idx_shuffle = torch.randperm(n, device=x.device)
+    dist.broadcast(idx_shuffle, src=0)  # every worker must use rank 0's permutation
+    idx_unshuffle = torch.argsort(idx_shuffle)
+    mine = idx_shuffle.view(world_size(), -1)[rank()]
+    return x_all[mine], idx_unshuffle
+
+
+@torch.no_grad()
+def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """Undo `batch_shuffle`: this worker gets back the outputs of its own original samples."""
+    if not is_distributed() or world_size() == 1:
+        return x[idx_unshuffle]
+    x_all = concat_all_gather(x)
+    mine = idx_unshuffle.view(world_size(), -1)[rank()]
+    return x_all[mine]

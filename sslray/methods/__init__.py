@@ -1,0 +1,29 @@
+"""The METHODS registry: one file per method, one line here per method."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from sslray.methods.moco import MoCo
+from sslray.methods.protocol import SSLMethod, StepOutput
+
+METHODS: dict[str, Any] = {
+    "moco": MoCo,
+}
+
+METHOD_CONFIGS: dict[str, Any] = {name: cls.Config for name, cls in METHODS.items()}
+
+if len(METHOD_CONFIGS) > 1:
+    MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
+else:
+    MethodConfig = next(iter(METHOD_CONFIGS.values()))  # type: ignore[misc]
+
+
+def build_method(run_cfg: Any) -> Any:
+    """Instantiate the method a RunConfig names (an nn.Module satisfying SSLMethod)."""
+    return METHODS[run_cfg.method.name](run_cfg)
+
+
+__all__ = ["METHODS", "METHOD_CONFIGS", "MethodConfig", "SSLMethod", "StepOutput", "build_method"]

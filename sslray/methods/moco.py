@@ -1,0 +1,125 @@
+"""MoCo v1/v2: momentum contrast with a queue (He et al. 2020; Chen et al. 2020, MoCo v2).
+
+Reference: facebookresearch/moco@7397dfe1 (moco/builder.py, main_moco.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from sslray import distributed as dist
+from sslray.config_types import AugmentConfig, StrictModel
+from sslray.methods.protocol import StepOutput, feature_std
+from sslray.models import FeatureQueue, build_backbone, copy_params_, ema_update_, linear_head, mlp_head
+from sslray.models.norm import norm_layer
+
+
+class MoCoConfig(StrictModel):
+    name: Literal["moco"] = "moco"
+    dim: int = Field(default=128, ge=1)  # MoCo: 128-d embedding
+    mlp: bool = True  # MoCo v2: 2-layer MLP head (v1: linear)
+    mlp_hidden: int | None = None  # None: the backbone's width (MoCo v2: 2048 for ResNet-50)
+    queue_size: int = Field(default=65536, ge=1)  # MoCo: K = 65536
+    ema_decay: float = Field(default=0.999, ge=0.0, le=1.0)  # MoCo: m = 0.999
+    temperature: float = Field(default=0.2, gt=0.0)  # MoCo v2: T = 0.2 (v1: 0.07)
+    bn: Literal["shuffle", "split", "none"] = "shuffle"  # MoCo: shuffling BN (sec. 3.3)
+    bn_splits: int = Field(default=1, ge=1)  # >1: BN over sub-batches (MoCo CIFAR demo: 8)
+    symmetric: bool = False  # both views as query and key (MoCo CIFAR demo option); off in MoCo
+    augment: AugmentConfig = AugmentConfig.moco_v2()  # MoCo v2 aug_plus
+
+    @model_validator(mode="after")
+    def _split_bn(self) -> MoCoConfig:
+        if self.bn == "split" and self.bn_splits < 2:
+            raise ValueError("bn: split needs bn_splits >= 2 (sub-batches for BatchNorm)")
+        return self
+
+
+def info_nce_loss(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """InfoNCE (MoCo eq. 1): mean cross-entropy with the positive at logit 0.
+
+    q, k: (N, C) L2-normalised queries and their positive keys; queue: (K, C) negatives.
+    logits = [q.k, q.queue^T] / T, shape (N, 1 + K).
+    """
+    l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+    l_neg = q @ queue.t()  # (N, K)
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels)
+
+
+class MoCo(nn.Module):
+    Config = MoCoConfig
+
+    def __init__(self, run_cfg: Any) -> None:
+        super().__init__()
+        cfg: MoCoConfig = run_cfg.method
+        self.cfg = cfg
+        backbone = build_backbone(run_cfg.backbone, norm_layer(cfg.bn_splits))
+        width = backbone.out_dim
+        head = (
+            mlp_head(width, cfg.mlp_hidden or width, cfg.dim)
+            if cfg.mlp
+            else linear_head(width, cfg.dim)
+        )
+        self.backbone = backbone
+        self.encoder_q = nn.Sequential(backbone, head)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        copy_params_(self.encoder_k, self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False  # the key encoder only moves by momentum
+        self.queue = FeatureQueue(cfg.queue_size, cfg.dim)
+        self.view_augs = (cfg.augment, cfg.augment)
+
+    def feature_encoder(self) -> nn.Module:
+        return self.backbone  # the query backbone (never the momentum one; lightly#1471)
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.bn == "shuffle" or self.cfg.bn == "split":
+            if self.cfg.bn == "split" and dist.world_size() > 1:
+                idx = torch.randperm(x.shape[0], device=x.device)  # local shuffle only
+                k = self.encoder_k(x[idx])
+                k = k[torch.argsort(idx)]
+            else:
+                x, idx_unshuffle = dist.batch_shuffle(x)
+                k = dist.batch_unshuffle(self.encoder_k(x), idx_unshuffle)
+        else:
+            k = self.encoder_k(x)
+        return F.normalize(k, dim=1)
+
+    def _contrast(self, x_q: torch.Tensor, x_k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        q = F.normalize(self.encoder_q(x_q), dim=1)  # (N, C)
+        k = self._keys(x_k)  # (N, C)
+        # clone: the queue is updated in place after this step, before backward.
+        negatives = self.queue.features.clone().detach()  # (K, C)
+        loss = info_nce_loss(q, k, negatives, self.cfg.temperature)
+        with torch.no_grad():
+            l_pos = (q * k).sum(dim=1)
+            acc = (l_pos > (q @ negatives.t()).max(dim=1).values).float().mean()
+        return loss, q, k, acc
+
+    def training_step(self, batch: Any) -> StepOutput:
+        v1, v2 = batch.views
+        loss, q, k, acc = self._contrast(v1, v2)
+        keys = [k]
+        if self.cfg.symmetric:
+            loss2, _, k2, acc2 = self._contrast(v2, v1)
+            loss, acc = loss + loss2, (acc + acc2) / 2  # CIFAR demo: loss_12 + loss_21
+            keys.append(k2)
+        # All workers enqueue the same gathered keys, so every worker holds the same queue.
+        self.queue.enqueue(dist.concat_all_gather(torch.cat(keys)))
+        return StepOutput(loss, {"loss": loss.detach(), "pos_acc": acc, "feature_std": feature_std(q)})
+
+    def forward(self, batch: Any) -> StepOutput:
+        return self.training_step(batch)  # DDP hooks run on forward()
+
+    def after_optimizer_step(self, progress: float) -> None:
+        ema_update_(self.encoder_k, self.encoder_q, self.cfg.ema_decay)

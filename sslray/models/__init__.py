@@ -1,0 +1,18 @@
+"""Model parts: backbones, heads, momentum (EMA) helpers, queues. No method logic here."""
+
+from sslray.models.backbones import build_backbone
+from sslray.models.heads import linear_head, mlp_head
+from sslray.models.momentum import copy_params_, cosine_ema_decay, ema_update_
+from sslray.models.norm import SplitBatchNorm2d
+from sslray.models.queue import FeatureQueue
+
+__all__ = [
+    "FeatureQueue",
+    "SplitBatchNorm2d",
+    "build_backbone",
+    "copy_params_",
+    "cosine_ema_decay",
+    "ema_update_",
+    "linear_head",
+    "mlp_head",
+]

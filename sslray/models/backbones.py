@@ -1,0 +1,83 @@
+"""Backbones: torchvision ResNet-18/50 (optional small-image stem) and a small ResNet for CPUs.
+
+Every backbone maps (N, 3, H, W) -> (N, D) pooled features and carries `out_dim = D`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet18, resnet50
+from torchvision.models.resnet import BasicBlock
+
+from sslray.config_types import StrictModel
+
+
+class SmallResNet(nn.Module):
+    """A ResNet sized for 28-32 px images on a CPU: 3x3 stem, stages of BasicBlocks.
+
+    Stage i has width * 2**i channels and stride 1 for the first stage, 2 afterwards, so a
+    28x28 input is pooled from 7x7 with three stages. `out_dim = width * 2**(len(blocks) - 1)`.
+    """
+
+    def __init__(
+        self, width: int, blocks: tuple[int, ...], norm_layer: Callable[[int], nn.Module]
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1, bias=False), norm_layer(width), nn.ReLU(inplace=True)
+        )
+        stages: list[nn.Module] = []
+        in_ch = width
+        for i, n in enumerate(blocks):
+            out_ch = width * 2**i
+            stride = 1 if i == 0 else 2
+            layers: list[nn.Module] = []
+            for j in range(n):
+                s = stride if j == 0 else 1
+                down = None
+                if s != 1 or in_ch != out_ch:
+                    down = nn.Sequential(
+                        nn.Conv2d(in_ch, out_ch, 1, s, bias=False), norm_layer(out_ch)
+                    )
+                layers.append(BasicBlock(in_ch, out_ch, s, down, norm_layer=norm_layer))
+                in_ch = out_ch
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = in_ch
+        for m in self.modules():  # torchvision ResNet init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(self.stem(x))).flatten(1)
+
+
+class TorchvisionResNet(nn.Module):
+    def __init__(self, arch: str, small_stem: bool, norm_layer: Callable[[int], nn.Module]):
+        super().__init__()
+        net = {"resnet18": resnet18, "resnet50": resnet50}[arch](norm_layer=norm_layer)
+        if small_stem:
+            # CIFAR recipes (MoCo CIFAR demo, lightly, solo-learn): 3x3 stride-1 conv1, no max-pool.
+            net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            net.maxpool = nn.Identity()
+        self.out_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_backbone(
+    cfg: StrictModel, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d
+) -> nn.Module:
+    """Build the backbone a `BackboneConfig` describes."""
+    arch = getattr(cfg, "arch")
+    if arch == "small_resnet":
+        return SmallResNet(getattr(cfg, "width"), tuple(getattr(cfg, "blocks")), norm_layer)
+    return TorchvisionResNet(arch, getattr(cfg, "small_stem"), norm_layer)

@@ -1,0 +1,215 @@
+"""The plain-PyTorch training loop. No Ray here: `worker.py` is the only Ray Train entry point.
+
+`fit()` runs in one process (unit tests), in Ray Train local mode, and on each of N Ray Train
+workers (torch.distributed set up by Ray; DDP via the `wrap` callback).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslray import distributed as dist
+from sslray.config import RunConfig
+from sslray.data.datasets import ImageArrays, dataset_stats, image_size, load_arrays
+from sslray.data.loaders import ArrayStream, Batch, FileStream
+from sslray.data.views import BatchedViews, torchvision_views
+from sslray.eval.features import extract_features
+from sslray.eval.knn import knn_top1
+from sslray.methods import build_method
+from sslray.training.progress import EpochProgress
+
+EpochCallback = Callable[[dict[str, float], "Trainer"], None]
+
+
+def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at a global step: linear warm-up, then cosine (MoCo v2) or step (MoCo v1)."""
+    base = cfg.effective_lr
+    total = cfg.train.epochs * steps_per_epoch
+    warm = int(cfg.optim.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return base * (step + 1) / warm
+    if cfg.optim.schedule == "cosine":
+        progress = (step - warm) / max(total - warm, 1)
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.optim.schedule == "step":
+        epoch = step // steps_per_epoch
+        return base * 0.1 ** sum(epoch >= m for m in cfg.optim.milestones)
+    return base
+
+
+class Trainer:
+    """One worker's training state: method, optimiser, counters; `state_dict()` is all of it."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        steps_per_epoch: int,
+        device: torch.device | str = "cpu",
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        self.cfg, self.device, self.steps_per_epoch = cfg, torch.device(device), steps_per_epoch
+        torch.manual_seed(cfg.seed)  # identical initial weights on every worker
+        self.method = build_method(cfg).to(self.device)
+        self.model = wrap(self.method) if wrap is not None else self.method
+        self.mean, self.std = dataset_stats(cfg.data.dataset)
+        self.size = image_size(cfg.data)
+        self.views = BatchedViews(self.method.view_augs, self.size, self.mean, self.std)
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            params, lr=cfg.effective_lr, momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed optimiser steps
+        self.extra: dict[str, float] = {}  # values that must survive a resume (init kNN)
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.epochs * self.steps_per_epoch
+
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if batch.views is None:
+            assert batch.images is not None
+            batch.views = self.views(batch.images.to(self.device, non_blocking=True))
+        else:
+            batch.views = tuple(v.to(self.device, non_blocking=True) for v in batch.views)
+        lr = lr_at(self.cfg, self.step, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out = self.model(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.method.after_optimizer_step(min(self.step / max(self.total_steps, 1), 1.0))
+        return out.metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.cfg.method.name,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": torch.get_rng_state(),
+            "extra": dict(self.extra),
+            "config": self.cfg.to_json(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        torch.set_rng_state(state["rng"])
+        self.extra = dict(state.get("extra", {}))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Augmentation RNG seed of one worker's epoch: resuming at an epoch replays it exactly."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+class KnnMonitor:
+    """kNN top-1 of the feature encoder: train split as memory, test split as queries."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.train = load_arrays(cfg.data, "train", labeled=True)
+        self.test = load_arrays(cfg.data, "test")
+        self.mean, self.std = dataset_stats(cfg.data.dataset)
+        self.size = image_size(cfg.data)
+
+    def features(self, encoder: nn.Module, data: ImageArrays) -> torch.Tensor:
+        return extract_features(encoder, data, self.size, self.mean, self.std,
+                                self.cfg.eval.batch_size, self.device)
+
+    def __call__(self, encoder: nn.Module) -> float:
+        e = self.cfg.eval
+        return knn_top1(self.features(encoder, self.train), self.train.labels,
+                        self.features(encoder, self.test), self.test.labels,
+                        k=e.knn_k, temperature=e.knn_temperature,
+                        num_classes=self.train.num_classes)
+
+
+def make_stream(cfg: RunConfig, trainer_views: tuple[Any, ...], world: int, rank: int,
+                use_gpu: bool) -> ArrayStream | FileStream:
+    per_worker = cfg.train.batch_size // world
+    if cfg.data.dataset == "imagefolder":
+        from sslray.data.datasets import load_image_folder
+
+        mean, std = dataset_stats("imagefolder")
+        tfs = tuple(torchvision_views(a, image_size(cfg.data), mean, std) for a in trainer_views)
+        return FileStream(load_image_folder(cfg.data, "train"), tfs, per_worker, world, rank,
+                          cfg.seed, cfg.data.loader_workers, pin_memory=use_gpu)
+    return ArrayStream(load_arrays(cfg.data, "train"), per_worker, world, rank, cfg.seed)
+
+
+def fit(
+    cfg: RunConfig,
+    *,
+    device: torch.device | str = "cpu",
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    verbose: bool = True,
+) -> dict[str, float]:
+    """Pre-train as `cfg` says; returns the last epoch's metrics (train/*, eval/*).
+
+    `resume`: a state from `Trainer.state_dict()`; training continues at its epoch.
+    `on_epoch_end(metrics, trainer)`: called on every worker after each epoch (Ray reports and
+    checkpoints there). Rank 0 evaluates; all workers return the same metrics.
+    """
+    rank, world = dist.rank(), dist.world_size()
+    if cfg.train.batch_size % world:
+        raise ValueError(f"train.batch_size {cfg.train.batch_size} not divisible by {world} workers")
+    device = torch.device(device)
+    method_views = build_method(cfg).view_augs  # cheap: tells the stream which views to make
+    stream = make_stream(cfg, method_views, world, rank, device.type == "cuda")
+    trainer = Trainer(cfg, stream.steps_per_epoch, device, wrap)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+    monitor = KnnMonitor(cfg, device) if rank == 0 and cfg.data.dataset != "imagefolder" else None
+    if monitor is not None and cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
+        trainer.extra["knn_top1_init"] = monitor(trainer.method.feature_encoder())
+    progress = EpochProgress(cfg.train.epochs, stream.steps_per_epoch, enabled=verbose and rank == 0)
+    metrics: dict[str, float] = {}
+    for epoch in range(trainer.epoch, cfg.train.epochs):
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))
+        trainer.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        start = time.perf_counter()
+        for i, batch in enumerate(stream.epoch(epoch)):
+            for name, value in trainer.train_step(batch).items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
+            if progress.live and "loss" in sums:
+                progress.step(epoch, i + 1, float(sums["loss"]) / (i + 1))
+        elapsed = time.perf_counter() - start
+        trainer.epoch = epoch + 1
+        names = sorted(sums)
+        means = dist.all_reduce_mean(torch.stack([sums[n] for n in names]) / stream.steps_per_epoch)
+        metrics = {"epoch": float(epoch + 1)}
+        metrics.update({f"train/{n}": float(v) for n, v in zip(names, means.tolist())})
+        metrics["train/lr"] = lr_at(cfg, max(trainer.step - 1, 0), stream.steps_per_epoch)
+        metrics["train/epoch_s"] = elapsed
+        metrics["train/images_per_s"] = stream.steps_per_epoch * cfg.train.batch_size / elapsed
+        if not math.isfinite(metrics.get("train/loss", 0.0)):
+            raise FloatingPointError(
+                f"train/loss is {metrics['train/loss']} after epoch {epoch + 1}: the run diverged "
+                f"(lower optim.lr, or check the data)"
+            )
+        last = epoch + 1 == cfg.train.epochs
+        every = cfg.eval.every_n_epochs
+        if monitor is not None and (last or (every and (epoch + 1) % every == 0)):
+            metrics["eval/knn_top1"] = monitor(trainer.method.feature_encoder())
+        if "knn_top1_init" in trainer.extra:
+            metrics["eval/knn_top1_init"] = trainer.extra["knn_top1_init"]
+        progress.end_epoch(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(metrics, trainer)
+    return metrics
