@@ -6,7 +6,11 @@ exp(s_i / T); the prediction is the class with the largest total vote.
 
 from __future__ import annotations
 
-import faiss
+import logging
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines repeat per worker
+
+import faiss  # noqa: E402
 import numpy as np
 import torch
 import torch.nn.functional as F

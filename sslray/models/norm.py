@@ -19,6 +19,7 @@ from torch import nn
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics come from `num_splits` equal sub-batches.
 
+    Split j holds samples j, j+s, j+2s, ... (the reference's `view(-1, C * s, H, W)`).
     Running statistics are the mean over the splits, so evaluation behaves like plain BN.
     """
 

@@ -30,4 +30,6 @@ class EpochProgress:
         shown = {k: v for k, v in metrics.items() if k not in ("epoch",)}
         parts = [f"epoch {int(metrics['epoch'])}/{self.epochs}"]
         parts += [f"{k.split('/')[-1]} {v:.4g}" for k, v in shown.items()]
-        print(" | ".join(parts), flush=True)
+        # sys.stdout.write, not print: Ray Train patches print() into a logger (printed twice).
+        sys.stdout.write(" | ".join(parts) + "\n")
+        sys.stdout.flush()

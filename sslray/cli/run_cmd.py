@@ -1,0 +1,126 @@
+"""`sslray run CONFIG`: one pre-training run on Ray Train workers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sslray.cli.errors import guarded
+from sslray.cli.validate_cmd import describe
+from sslray.config import RunConfig, load_config
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="pre-train one model on Ray Train workers",
+        description="Pre-train as CONFIG says on Ray Train workers, evaluate with kNN, and write "
+        "config.json, checkpoints and result.json into the run directory.",
+        epilog="examples:\n"
+        "  sslray run fmnist_moco_v2 --workers 2\n"
+        "  sslray run fmnist_moco_v2 --smoke\n"
+        "  sslray run my.yaml --set train.epochs=50 --set method.temperature=0.1 --output runs/x",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="a run config YAML file or a built-in config name (sslray ls)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted key (repeatable)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray Train workers (overrides resources.workers; 0 = local mode)")
+    p.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch: checks the path")
+    p.add_argument("--output", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: start a local Ray on this machine)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --output from its latest checkpoint")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="delete an existing run directory and start again")
+    p.set_defaults(func=guarded(run))
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Create the run directory; never overwrite a run without --resume or --overwrite."""
+    cfg_file = run_dir / "config.json"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif resume:
+            if cfg_file.is_file():
+                old = json.loads(cfg_file.read_text()).get("config", {})
+                new = json.loads(cfg.to_json())
+                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                if changed:
+                    raise FileExistsError(
+                        f"{run_dir}: --resume with a different config (sections differ: "
+                        f"{', '.join(changed)}); use the original config or a new --output"
+                    )
+        else:
+            raise FileExistsError(
+                f"{run_dir} already holds a run. Use --resume to continue it, --overwrite to "
+                f"replace it, or --output to pick another directory."
+            )
+    elif resume:
+        raise FileExistsError(f"{run_dir}: nothing to resume (no such run directory)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_file.write_text(json.dumps(
+        {"config": json.loads(cfg.to_json()), "derived": cfg.derived()}, indent=2, sort_keys=True
+    ))
+
+
+def start_ray(address: str | None, workers: int) -> None:
+    import ray
+
+    if ray.is_initialized() or workers == 0:
+        return
+    # One report per epoch: poll the workers often enough that a report never waits ~2 s.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:  # a local Ray: no spot preemption to watch for
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    ray.init(address=address, logging_level="WARNING", log_to_driver=True,
+             include_dashboard=address is None or None)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"resources.workers={args.workers}")
+    cfg = load_config(args.config, overrides)
+    if args.smoke:
+        cfg = cfg.smoke()
+    run_dir = Path(args.output or Path("runs") / (cfg.name + ("-smoke" if args.smoke else "")))
+    prepare_run_dir(run_dir, cfg, args.resume, args.overwrite or args.smoke)
+    print(describe(cfg))
+    print(f"run dir:  {run_dir}", flush=True)
+    start = time.perf_counter()
+    start_ray(args.address, cfg.resources.workers)
+    from sslray.training.worker import run_training
+
+    metrics = run_training(cfg, run_dir)
+    wall = time.perf_counter() - start
+    print(summary(cfg, metrics, wall))
+    return 0 if metrics else 1
+
+
+def summary(cfg: RunConfig, metrics: dict[str, float], wall_s: float) -> str:
+    lines = [f"done in {wall_s / 60:.1f} min ({wall_s:.0f} s wall)"]
+    if "eval/knn_top1" in metrics:
+        e = cfg.eval
+        lines.append(f"kNN top-1 (k={e.knn_k}, T={e.knn_temperature}, {cfg.data.dataset} test):")
+        lines.append(f"  {cfg.method.name:<12} {metrics['eval/knn_top1']:.4f}")
+        if "eval/knn_top1_init" in metrics:
+            gain = metrics["eval/knn_top1"] - metrics["eval/knn_top1_init"]
+            lines.append(f"  {'random init':<12} {metrics['eval/knn_top1_init']:.4f}"
+                         f"   ({gain * 100:+.1f} points from pre-training)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(1)

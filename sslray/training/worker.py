@@ -1,0 +1,128 @@
+"""The one Ray Train entry point: a TorchTrainer whose workers run `fit()`.
+
+Each worker resumes from `ray.train.get_checkpoint()` when there is one (a worker-group restart
+after a failure, or a re-run with the same run directory), reports once per epoch, and rank 0
+attaches the whole training state as a checkpoint to each report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train.v2.api.config import LoggingConfig
+from ray.train.torch import TorchTrainer
+
+from sslray.config import RunConfig
+from sslray.training.checkpoint import STATE_FILE, load_state, save_state
+from sslray.training.loop import Trainer, fit
+
+# Fault injection for tests: SIGKILL the rank-0 worker process once after this epoch.
+FAULT_ENV = "SSLRAY_FAULT_KILL_AFTER_EPOCH"
+
+
+def _maybe_inject_fault(target: str | None, epoch: int, marker_dir: Path) -> None:
+    """SIGKILL this worker once, after epoch `target` was reported (a test of recovery).
+
+    The controller registers a reported checkpoint when it next polls the workers (every
+    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); a process killed before that poll loses the checkpoint,
+    as on any real failure. Waiting two poll intervals makes the test kill land after it.
+    """
+    marker = marker_dir / ".fault_injected"
+    if not target or int(target) != epoch or marker.exists():
+        return
+    marker.write_text(str(epoch))
+    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _quiet_ray_train_logs() -> None:
+    """Ray Train logs every report at INFO under a file-named logger; our epoch line says it."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
+    _quiet_ray_train_logs()
+    cfg = RunConfig.model_validate_json(config["cfg"])
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    resume = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = load_state(Path(d) / STATE_FILE, cfg.method.name)
+    resumed_from = float(resume["epoch"]) if resume else 0.0
+
+    def on_epoch_end(metrics: dict[str, float], trainer: Trainer) -> None:
+        metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_state(trainer.state_dict(), Path(tmp) / STATE_FILE)
+                checkpoint = Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            _maybe_inject_fault(config.get("fault"), int(metrics["epoch"]), run_dir)
+
+    def wrap(model: Any) -> Any:
+        # MoCo's queue is identical on every worker and the key encoder is not trained, so
+        # broadcasting buffers each step would only move megabytes for nothing.
+        # (forward_sync_buffers=False still syncs once at init: the same seed made them equal.)
+        return ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"forward_sync_buffers": False}
+        )
+
+    metrics = fit(cfg, device=ray.train.torch.get_device(), wrap=wrap, resume=resume,
+                  on_epoch_end=on_epoch_end, verbose=rank == 0)
+    return {**metrics, "train/resumed_from_epoch": resumed_from}
+
+
+def run_training(cfg: RunConfig, run_dir: Path) -> dict[str, float]:
+    """Run one pre-training run as a Ray Train job; checkpoints and results go to `run_dir`.
+
+    Re-running with the same `run_dir` resumes from its latest checkpoint (Train V2 restores a
+    run by storage path + name). `cfg.resources.workers == 0` uses Ray Train local mode.
+    """
+    run_dir = run_dir.resolve()
+    res = cfg.resources
+    per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
+    if res.use_gpu:
+        per_worker["GPU"] = res.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump_json(),
+            "run_dir": str(run_dir),
+            "fault": os.environ.get(FAULT_ENV),  # read here: workers do not see the driver's env
+        },
+        scaling_config=ScalingConfig(
+            num_workers=res.workers, use_gpu=res.use_gpu,
+            resources_per_worker=per_worker if res.workers > 0 else None,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            failure_config=FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="WARNING"),  # progress lines are ours
+        ),
+    )
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    if not metrics and isinstance(result.return_value, dict):
+        metrics = dict(result.return_value)  # local mode: no persisted checkpoint
+    with open(run_dir / "result.json", "a") as f:
+        f.write(json.dumps(metrics, sort_keys=True) + "\n")
+    return metrics

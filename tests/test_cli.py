@@ -1,0 +1,75 @@
+"""The CLI as a user runs it: exit codes, messages, run directories."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_raw
+
+SSLRAY = [sys.executable, "-m", "sslray.cli.main"]
+
+
+def sslray(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*SSLRAY, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["ls", "validate", "run"])
+def test_help_has_an_example(command):
+    out = sslray(command, "--help")
+    assert out.returncode == 0 and "example" in out.stdout
+
+
+def test_ls_lists_methods_and_configs():
+    out = sslray("ls")
+    assert out.returncode == 0 and "moco" in out.stdout and "fmnist_moco_v2" in out.stdout
+
+
+def test_validate_bad_key_exits_2_with_dotted_path(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    raw = tiny_raw()
+    raw["optim"]["momentun"] = 0.9
+    cfg.write_text(yaml.safe_dump(raw))
+    out = sslray("validate", str(cfg))
+    assert out.returncode == 2
+    assert "optim.momentun: unknown key (did you mean 'momentum'?)" in out.stderr
+    out = sslray("validate", str(cfg), "--set", "optim.momentun=null")
+    assert out.returncode == 2  # still an unknown key; overriding does not hide it
+
+
+def test_validate_prints_plan():
+    out = sslray("validate", "fmnist_moco_v2", "--set", "train.epochs=3")
+    assert out.returncode == 0 and "3 epochs" in out.stdout and "2 Ray Train workers" in out.stdout
+
+
+@pytest.mark.timeout(300)
+def test_run_local_mode_writes_config_and_result_and_never_overwrites(tmp_path: Path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(train={"epochs": 1, "batch_size": 32})))
+    run_dir = tmp_path / "run"
+    out = sslray("run", str(cfg), "--workers", "0", "--output", str(run_dir))
+    assert out.returncode == 0, out.stderr
+    assert "kNN top-1" in out.stdout and "random init" in out.stdout
+    resolved = json.loads((run_dir / "config.json").read_text())
+    assert resolved["config"]["method"]["queue_size"] == 64
+    assert resolved["derived"]["effective_lr"] == pytest.approx(0.05 * 32 / 256)
+    result = json.loads((run_dir / "result.json").read_text().splitlines()[-1])
+    assert result["epoch"] == 1.0 and 0 <= result["eval/knn_top1"] <= 1
+
+    before = (run_dir / "config.json").read_text()
+    again = sslray("run", str(cfg), "--workers", "0", "--output", str(run_dir))
+    assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert (run_dir / "config.json").read_text() == before  # nothing touched
+
+
+def test_resume_with_other_config_is_refused(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"config": {"seed": 5}}))
+    out = sslray("run", "fmnist_moco_v2", "--output", str(run_dir), "--resume")
+    assert out.returncode == 2 and "different config" in out.stderr

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sslray.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    builtin_configs,
+    load_config,
+    validate_raw,
+)
+from tests.conftest import tiny_raw
+
+
+def test_misspelt_key_names_dotted_path_and_suggestion():
+    with pytest.raises(ConfigError) as exc:
+        validate_raw(tiny_raw(method={"name": "moco", "queue_sise": 64}))
+    assert exc.value.problems == ["method.queue_sise: unknown key (did you mean 'queue_size'?)"]
+
+
+def test_nested_misspelt_key_in_augment():
+    with pytest.raises(ConfigError) as exc:
+        validate_raw(tiny_raw(method={"name": "moco", "queue_size": 64, "augment": {"blurp": 1}}))
+    assert exc.value.problems[0].startswith("method.augment.blurp: unknown key")
+
+
+def test_wrong_type_and_range_name_the_key():
+    with pytest.raises(ConfigError) as exc:
+        validate_raw(tiny_raw(train={"epochs": "many", "batch_size": 32}, optim={"lr": -1}))
+    text = "\n".join(exc.value.problems)
+    assert "train.epochs:" in text and "optim.lr:" in text
+
+
+def test_unknown_method_lists_registered():
+    with pytest.raises(ConfigError) as exc:
+        validate_raw(tiny_raw(method={"name": "simclr"}))
+    assert "method.name: unknown method 'simclr' (registered: moco" in exc.value.problems[0]
+
+
+def test_queue_must_hold_whole_batches():
+    with pytest.raises(ConfigError, match="queue_size"):
+        validate_raw(tiny_raw(method={"name": "moco", "queue_size": 70}))
+
+
+def test_configs_are_frozen(tiny):
+    with pytest.raises(ValidationError):
+        tiny.seed = 3  # type: ignore[misc]
+
+
+def test_overrides_parse_yaml_values_and_do_not_mutate_input():
+    raw = tiny_raw()
+    out = apply_overrides(raw, ["train.epochs=7", "method.temperature=0.5", "backbone.blocks=[2, 2]"])
+    cfg = validate_raw(out)
+    assert (cfg.train.epochs, cfg.method.temperature, cfg.backbone.blocks) == (7, 0.5, (2, 2))
+    assert raw["train"]["epochs"] == 2
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides(tiny_raw(), ["seed.x=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides(tiny_raw(), ["seed"])
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    assert str(bad) in str(exc.value) and "line" in str(exc.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("does/not/exist.yaml")
+
+
+def test_builtin_configs_validate_and_smoke():
+    assert "fmnist_moco_v2" in builtin_configs()
+    for name in builtin_configs():
+        cfg = load_config(name)
+        smoke = cfg.smoke()
+        assert smoke.train.epochs == 1 and smoke.data.train_subset <= 256
+
+
+def test_derived_values():
+    cfg = validate_raw(tiny_raw(optim={"lr": 0.03}, train={"epochs": 1, "batch_size": 512},
+                                method={"name": "moco", "queue_size": 1024}))
+    assert cfg.effective_lr == pytest.approx(0.06)  # 0.03 * 512 / 256
+    assert RunConfig.model_validate_json(cfg.to_json()) == cfg

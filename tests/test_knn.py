@@ -1,0 +1,47 @@
+"""Weighted cosine kNN (faiss) against closed forms and a brute-force reference."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sslray.eval.knn import knn_classify, knn_top1
+
+
+def test_knn_exact_on_well_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centers = F.normalize(torch.randn(5, 32, generator=g), dim=1) * 10
+    labels = torch.arange(5).repeat_interleave(40)
+    train = centers[labels] + 0.1 * torch.randn(200, 32, generator=g)
+    test_labels = torch.arange(5).repeat_interleave(10)
+    test = centers[test_labels] + 0.1 * torch.randn(50, 32, generator=g)
+    assert knn_top1(train, labels, test, test_labels, k=20, temperature=0.07) == 1.0
+
+
+def test_knn_weighted_vote_by_hand():
+    # Query e0. Two class-1 neighbours at cosine 0.6 outvote... or not: weights exp(s/T).
+    train = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
+    labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[1.0, 0.0]])
+    t = 0.1  # class 0: exp(10) = 22026; class 1: 2 exp(6) = 807 -> class 0
+    assert knn_classify(train, labels, query, k=3, temperature=t).tolist() == [0]
+    t = 10.0  # class 0: exp(0.1) = 1.105; class 1: 2 exp(0.06) = 2.124 -> class 1
+    assert knn_classify(train, labels, query, k=3, temperature=t).tolist() == [1]
+    assert math.exp(1 / t) < 2 * math.exp(0.6 / t)
+
+
+def test_knn_matches_brute_force_reference():
+    g = torch.Generator().manual_seed(1)
+    train, test = torch.randn(300, 16, generator=g), torch.randn(40, 16, generator=g)
+    labels = torch.randint(0, 7, (300,), generator=g)
+    sim = F.normalize(test, dim=1) @ F.normalize(train, dim=1).t()
+    top, idx = sim.topk(25, dim=1)
+    votes = torch.zeros(40, 7).scatter_add_(1, labels[idx], (top / 0.07).exp())
+    expected = votes.argmax(1)
+    got = knn_classify(train, labels, test, k=25, temperature=0.07, num_classes=7)
+    assert torch.equal(got, expected)
+
+
+def test_k_larger_than_train_set_is_capped():
+    train = torch.eye(3)
+    assert knn_classify(train, torch.tensor([0, 1, 2]), torch.eye(3), k=200).tolist() == [0, 1, 2]
