@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from sslray.config_types import AugmentConfig, StrictModel
+from sslray.config_types import AugmentConfig, BackboneConfig, DataConfig, StrictModel
 from sslray.methods import METHOD_CONFIGS, MethodConfig
 
 __all__ = [
@@ -34,45 +34,6 @@ __all__ = [
     "load_config",
     "resolve_config_path",
 ]
-
-DatasetName = Literal[
-    "fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "digits", "synthetic"
-]
-
-
-class DataConfig(StrictModel):
-    dataset: DatasetName = "fashion_mnist"  # the embedded default (Debian dataset-fashion-mnist)
-    root: str | None = None  # None: the dataset's default root (see sslray.data.datasets)
-    image_size: int | None = None  # None: native size (28 for *MNIST, 32 CIFAR, 96 STL-10)
-    train_subset: int | None = None  # None: the whole training split
-    test_subset: int | None = None  # None: the whole test split
-    subset_seed: int = 0  # fixed, so every run of a sweep sees the same subset
-    download: bool = False  # never download unless asked (no hidden downloads)
-    loader_workers: int = Field(default=2, ge=0)  # DataLoader workers for image-file datasets
-    synthetic_size: int = Field(default=1024, ge=20)  # images per split of the synthetic set
-    synthetic_classes: int = Field(default=4, ge=2)
-
-    @model_validator(mode="after")
-    def _sizes(self) -> DataConfig:
-        for name in ("train_subset", "test_subset", "image_size"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or null, got {v}")
-        return self
-
-
-class BackboneConfig(StrictModel):
-    arch: Literal["resnet18", "resnet50", "small_resnet"] = "resnet50"  # MoCo/BYOL papers: R50
-    small_stem: bool = False  # 3x3 stride-1 conv1, no max-pool: the CIFAR recipes' stem
-    width: int = Field(default=32, ge=4)  # small_resnet: channels of the first stage
-    blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet: BasicBlocks per stage (stride 1, 2, 2, ...)
-
-    @model_validator(mode="after")
-    def _blocks(self) -> BackboneConfig:
-        if not self.blocks or any(b < 1 for b in self.blocks):
-            raise ValueError(f"blocks must be a non-empty list of positive ints, got {self.blocks}")
-        return self
-
 
 class OptimConfig(StrictModel):
     name: Literal["sgd"] = "sgd"  # MoCo v1/v2: SGD
@@ -215,9 +176,12 @@ def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> list[s
                 known = ", ".join(sorted(parent.model_fields))
                 hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {known})"
             problems.append(f"{path}: unknown key{hint}")
-        elif e["type"] == "union_tag_invalid" or (path == "method.name" and e["type"] == "literal_error"):
+        elif e["type"] == "union_tag_invalid" or (
+            path == "method.name" and e["type"] == "literal_error"
+        ):
             known = ", ".join(sorted(METHOD_CONFIGS))
-            name = raw.get("method", {}).get("name") if isinstance(raw.get("method"), dict) else None
+            section = raw.get("method")
+            name = section.get("name") if isinstance(section, dict) else None
             problems.append(f"method.name: unknown method {name!r} (registered: {known})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
@@ -237,7 +201,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError("--set", [f"{key}: value {text!r} is not valid YAML ({exc})"]) from exc
+            problem = f"{key}: value {text!r} is not valid YAML ({exc})"
+            raise ConfigError("--set", [problem]) from exc
         node = out
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):

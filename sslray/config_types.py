@@ -7,7 +7,9 @@ Plain pydantic: no torch here.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StrictModel(BaseModel):
@@ -70,3 +72,42 @@ class AugmentConfig(StrictModel):
     def moco_v2(cls) -> AugmentConfig:
         """MoCo v2 augmentation (main_moco.py --aug-plus)."""
         return cls()
+
+
+DatasetName = Literal[
+    "fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "digits", "synthetic"
+]
+
+
+class DataConfig(StrictModel):
+    dataset: DatasetName = "fashion_mnist"  # the embedded default (Debian dataset-fashion-mnist)
+    root: str | None = None  # None: the dataset's default root (see sslray.data.datasets)
+    image_size: int | None = None  # None: native size (28 for *MNIST, 32 CIFAR, 96 STL-10)
+    train_subset: int | None = None  # None: the whole training split
+    test_subset: int | None = None  # None: the whole test split
+    subset_seed: int = 0  # fixed, so every run of a sweep sees the same subset
+    download: bool = False  # never download unless asked (no hidden downloads)
+    loader_workers: int = Field(default=2, ge=0)  # DataLoader workers for image-file datasets
+    synthetic_size: int = Field(default=1024, ge=20)  # images per split of the synthetic set
+    synthetic_classes: int = Field(default=4, ge=2)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DataConfig:
+        for name in ("train_subset", "test_subset", "image_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {v}")
+        return self
+
+
+class BackboneConfig(StrictModel):
+    arch: Literal["resnet18", "resnet50", "small_resnet"] = "resnet50"  # MoCo/BYOL papers: R50
+    small_stem: bool = False  # 3x3 stride-1 conv1, no max-pool: the CIFAR recipes' stem
+    width: int = Field(default=32, ge=4)  # small_resnet: channels of the first stage
+    blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet: BasicBlocks per stage (stride 1, 2, 2, ...)
+
+    @model_validator(mode="after")
+    def _blocks(self) -> BackboneConfig:
+        if not self.blocks or any(b < 1 for b in self.blocks):
+            raise ValueError(f"blocks must be a non-empty list of positive ints, got {self.blocks}")
+        return self

@@ -51,7 +51,8 @@ def test_configs_are_frozen(tiny):
 
 def test_overrides_parse_yaml_values_and_do_not_mutate_input():
     raw = tiny_raw()
-    out = apply_overrides(raw, ["train.epochs=7", "method.temperature=0.5", "backbone.blocks=[2, 2]"])
+    sets = ["train.epochs=7", "method.temperature=0.5", "backbone.blocks=[2, 2]"]
+    out = apply_overrides(raw, sets)
     cfg = validate_raw(out)
     assert (cfg.train.epochs, cfg.method.temperature, cfg.backbone.blocks) == (7, 0.5, (2, 2))
     assert raw["train"]["epochs"] == 2

@@ -34,8 +34,8 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 def _fake_mnist(root: Path, n: int = 12) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
-    for split, (img, lbl) in {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                              "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}.items():
+    for img, lbl in [("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                     ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]:
         _write_idx(root / f"{img}.gz", images)
         _write_idx(root / f"{lbl}.gz", labels)
     return images, labels

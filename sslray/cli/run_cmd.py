@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -84,7 +85,7 @@ def start_ray(address: str | None, workers: int) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:  # a local Ray: no spot preemption to watch for
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(address=address, logging_level="WARNING", log_to_driver=True,
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
              include_dashboard=address is None or None)
 
 

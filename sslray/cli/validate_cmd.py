@@ -28,7 +28,9 @@ def add_parser(sub: Any) -> None:
 def describe(cfg: Any) -> str:
     res = cfg.resources
     workers = f"{res.workers} Ray Train workers" if res.workers else "Ray Train local mode"
-    per = f"{res.cpus_per_worker:g} CPU" + (f" + {res.gpus_per_worker:g} GPU" if res.use_gpu else "")
+    per = f"{res.cpus_per_worker:g} CPU"
+    if res.use_gpu:
+        per += f" + {res.gpus_per_worker:g} GPU"
     data = cfg.data
     subset = f", train subset {data.train_subset}" if data.train_subset else ""
     return "\n".join([

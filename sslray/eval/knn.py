@@ -10,14 +10,14 @@ import logging
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines repeat per worker
 
-import faiss  # noqa: E402
-import numpy as np
-import torch
-import torch.nn.functional as F
+import faiss  # noqa: E402  (after the logger level: faiss logs while importing)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 def _index(dim: int) -> faiss.Index:
-    index = faiss.IndexFlatIP(dim)
+    index: faiss.Index = faiss.IndexFlatIP(dim)
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     return index

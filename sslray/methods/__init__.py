@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
@@ -15,7 +15,9 @@ METHODS: dict[str, Any] = {
 
 METHOD_CONFIGS: dict[str, Any] = {name: cls.Config for name, cls in METHODS.items()}
 
-if len(METHOD_CONFIGS) > 1:
+if TYPE_CHECKING:  # the static view of the union (extend it when registering a method)
+    from sslray.methods.moco import MoCoConfig as MethodConfig
+elif len(METHOD_CONFIGS) > 1:
     MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
 else:
     MethodConfig = next(iter(METHOD_CONFIGS.values()))  # type: ignore[misc]

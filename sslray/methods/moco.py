@@ -16,7 +16,14 @@ from torch import nn
 from sslray import distributed as dist
 from sslray.config_types import AugmentConfig, StrictModel
 from sslray.methods.protocol import StepOutput, feature_std
-from sslray.models import FeatureQueue, build_backbone, copy_params_, ema_update_, linear_head, mlp_head
+from sslray.models import (
+    FeatureQueue,
+    build_backbone,
+    copy_params_,
+    ema_update_,
+    linear_head,
+    mlp_head,
+)
 from sslray.models.norm import norm_layer
 
 
@@ -116,7 +123,8 @@ class MoCo(nn.Module):
             keys.append(k2)
         # All workers enqueue the same gathered keys, so every worker holds the same queue.
         self.queue.enqueue(dist.concat_all_gather(torch.cat(keys)))
-        return StepOutput(loss, {"loss": loss.detach(), "pos_acc": acc, "feature_std": feature_std(q)})
+        metrics = {"loss": loss.detach(), "pos_acc": acc, "feature_std": feature_std(q)}
+        return StepOutput(loss, metrics)
 
     def forward(self, batch: Any) -> StepOutput:
         return self.training_step(batch)  # DDP hooks run on forward()

@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models.resnet import BasicBlock
 
-from sslray.config_types import StrictModel
+from sslray.config_types import BackboneConfig
 
 
 class SmallResNet(nn.Module):
@@ -47,7 +47,7 @@ class SmallResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = in_ch
+        self.out_dim: int = in_ch
         for m in self.modules():  # torchvision ResNet init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -65,7 +65,7 @@ class TorchvisionResNet(nn.Module):
             net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
             net.maxpool = nn.Identity()
-        self.out_dim = net.fc.in_features
+        self.out_dim: int = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
 
@@ -74,10 +74,9 @@ class TorchvisionResNet(nn.Module):
 
 
 def build_backbone(
-    cfg: StrictModel, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d
-) -> nn.Module:
+    cfg: BackboneConfig, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d
+) -> SmallResNet | TorchvisionResNet:
     """Build the backbone a `BackboneConfig` describes."""
-    arch = getattr(cfg, "arch")
-    if arch == "small_resnet":
-        return SmallResNet(getattr(cfg, "width"), tuple(getattr(cfg, "blocks")), norm_layer)
-    return TorchvisionResNet(arch, getattr(cfg, "small_stem"), norm_layer)
+    if cfg.arch == "small_resnet":
+        return SmallResNet(cfg.width, tuple(cfg.blocks), norm_layer)
+    return TorchvisionResNet(cfg.arch, cfg.small_stem, norm_layer)

@@ -15,8 +15,8 @@ def ema_update_(target: nn.Module, online: nn.Module, decay: float) -> None:
     Buffers (BN running statistics) are the target's own, as in the official MoCo code.
     decay 0 copies the online weights; decay 1 keeps the target unchanged.
     """
-    t_params = [p for p in target.parameters()]
-    o_params = [p.detach() for p in online.parameters()]
+    t_params: list[torch.Tensor] = list(target.parameters())
+    o_params: list[torch.Tensor] = [p.detach() for p in online.parameters()]
     if len(t_params) != len(o_params):
         raise ValueError("ema_update_: target and online modules differ in structure")
     if decay == 0.0:

@@ -36,6 +36,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
                 f"SplitBatchNorm2d: batch {n} is not divisible by num_splits {self.num_splits}"
             )
         s = self.num_splits
+        assert self.running_mean is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None
         mean_split = self.running_mean.repeat(s)  # (C*s,)
         var_split = self.running_var.repeat(s)
         # (N, C, H, W) -> (N/s, C*s, H, W): each split's channels are normalised on their own.

@@ -36,7 +36,9 @@ def load_state(path: Path, method: str | None = None) -> dict[str, Any]:
             f"It may be truncated; resume from an earlier checkpoint or start with --overwrite."
         ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: not an sslray checkpoint (format {FORMAT_VERSION} expected)")
+        raise CheckpointError(
+            f"{path}: not an sslray checkpoint (format {FORMAT_VERSION} expected)"
+        )
     if method is not None and state.get("method") != method:
         raise CheckpointError(
             f"{path}: written by method {state.get('method')!r}, but the config trains {method!r}. "

@@ -167,7 +167,9 @@ def fit(
     """
     rank, world = dist.rank(), dist.world_size()
     if cfg.train.batch_size % world:
-        raise ValueError(f"train.batch_size {cfg.train.batch_size} not divisible by {world} workers")
+        raise ValueError(
+            f"train.batch_size {cfg.train.batch_size} is not divisible by {world} workers"
+        )
     device = torch.device(device)
     method_views = build_method(cfg).view_augs  # cheap: tells the stream which views to make
     stream = make_stream(cfg, method_views, world, rank, device.type == "cuda")
@@ -177,7 +179,9 @@ def fit(
     monitor = KnnMonitor(cfg, device) if rank == 0 and cfg.data.dataset != "imagefolder" else None
     if monitor is not None and cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
         trainer.extra["knn_top1_init"] = monitor(trainer.method.feature_encoder())
-    progress = EpochProgress(cfg.train.epochs, stream.steps_per_epoch, enabled=verbose and rank == 0)
+    progress = EpochProgress(
+        cfg.train.epochs, stream.steps_per_epoch, enabled=verbose and rank == 0
+    )
     metrics: dict[str, float] = {}
     for epoch in range(trainer.epoch, cfg.train.epochs):
         torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))

@@ -19,8 +19,8 @@ from typing import Any
 import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
-from ray.train.v2.api.config import LoggingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2.api.config import LoggingConfig
 
 from sslray.config import RunConfig
 from sslray.training.checkpoint import STATE_FILE, load_state, save_state
@@ -100,8 +100,8 @@ def run_training(cfg: RunConfig, run_dir: Path) -> dict[str, float]:
     per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
     if res.use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop_per_worker,
+    trainer = TorchTrainer(  # (mypy reads Ray's V1 stubs; these are the Train V2 classes)
+        train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={
             "cfg": cfg.model_dump_json(),
             "run_dir": str(run_dir),
@@ -116,13 +116,14 @@ def run_training(cfg: RunConfig, run_dir: Path) -> dict[str, float]:
             storage_path=str(run_dir.parent),
             failure_config=FailureConfig(max_failures=res.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            logging_config=LoggingConfig(log_level="WARNING"),  # progress lines are ours
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
         ),
     )
     result = trainer.fit()
     metrics = dict(result.metrics or {})
-    if not metrics and isinstance(result.return_value, dict):
-        metrics = dict(result.return_value)  # local mode: no persisted checkpoint
+    returned = getattr(result, "return_value", None)  # rank 0's return value (Train V2)
+    if not metrics and isinstance(returned, dict):
+        metrics = dict(returned)  # local mode: no persisted checkpoint
     with open(run_dir / "result.json", "a") as f:
         f.write(json.dumps(metrics, sort_keys=True) + "\n")
     return metrics
