@@ -146,3 +146,34 @@ def test_dataset_smaller_than_a_batch_is_a_clear_error():
     data = make_synthetic(20, 4, 8, seed=1)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         ArrayStream(data, per_worker=16, world=2, rank=0, seed=0)
+
+
+def _write_image_folder(root: Path) -> None:
+    from PIL import Image
+
+    data = make_synthetic(48, 3, 20, seed=1)
+    for split in ("train", "val"):
+        for i in range(len(data)):
+            d = root / split / f"class{int(data.labels[i])}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data.images[i, 0].numpy()).save(d / f"{i}.png")
+
+
+def test_image_folder_trains_and_evaluates_through_per_sample_views(tmp_path: Path):
+    from sslray.training.loop import fit
+
+    _write_image_folder(tmp_path)
+    cfg = tiny_config(data={"dataset": "imagefolder", "root": str(tmp_path), "image_size": 16,
+                            "loader_workers": 0},
+                      train={"epochs": 1, "batch_size": 16})
+    metrics = fit(cfg, verbose=False)
+    assert metrics["epoch"] == 1.0 and 0 <= metrics["eval/knn_top1"] <= 1
+    assert "eval/knn_top1_init" in metrics
+
+
+def test_image_folder_missing_split_is_clear(tmp_path: Path):
+    from sslray.data.datasets import load_image_folder
+
+    cfg = tiny_config(data={"dataset": "imagefolder", "root": str(tmp_path)})
+    with pytest.raises(DatasetError, match="train/<class>"):
+        load_image_folder(cfg.data, "train")

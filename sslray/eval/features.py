@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from sslray.data.datasets import ImageArrays
 from sslray.data.views import eval_transform
@@ -33,3 +37,37 @@ def extract_features(
     finally:
         encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def folder_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
+    """The standard ImageNet evaluation view: resize to size/0.875, centre crop, normalise."""
+    return v2.Compose([
+        v2.ToImage(), v2.RGB(), v2.Resize(int(round(size / 0.875)), antialias=True),
+        v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
+    ])
+
+
+@torch.no_grad()
+def extract_folder_features(
+    encoder: nn.Module,
+    folder: Any,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) features and (N,) labels of an image-file dataset (torchvision ImageFolder)."""
+    folder.transform = folder_eval_transform(size, mean, std)
+    loader = DataLoader(folder, batch_size=batch_size, num_workers=num_workers)
+    was_training = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    try:
+        for x, y in loader:
+            feats.append(encoder(x.to(device, non_blocking=True)).float().cpu())
+            labels.append(y)
+    finally:
+        encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)

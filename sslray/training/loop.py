@@ -16,10 +16,10 @@ from torch import nn
 
 from sslray import distributed as dist
 from sslray.config import RunConfig
-from sslray.data.datasets import ImageArrays, dataset_stats, image_size, load_arrays
+from sslray.data.datasets import dataset_stats, image_size, load_arrays, load_image_folder
 from sslray.data.loaders import ArrayStream, Batch, FileStream
 from sslray.data.views import BatchedViews, torchvision_views
-from sslray.eval.features import extract_features
+from sslray.eval.features import extract_features, extract_folder_features
 from sslray.eval.knn import knn_top1
 from sslray.methods import build_method
 from sslray.training.progress import EpochProgress
@@ -120,29 +120,37 @@ class KnnMonitor:
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.train = load_arrays(cfg.data, "train", labeled=True)
-        self.test = load_arrays(cfg.data, "test")
         self.mean, self.std = dataset_stats(cfg.data.dataset)
         self.size = image_size(cfg.data)
+        self.files = cfg.data.dataset == "imagefolder"
+        if self.files:
+            self.splits: tuple[Any, Any] = (load_image_folder(cfg.data, "train"),
+                                            load_image_folder(cfg.data, "test"))
+            self.num_classes = len(self.splits[0].classes)
+        else:
+            train = load_arrays(cfg.data, "train", labeled=True)
+            self.splits = (train, load_arrays(cfg.data, "test"))
+            self.num_classes = train.num_classes
 
-    def features(self, encoder: nn.Module, data: ImageArrays) -> torch.Tensor:
-        return extract_features(encoder, data, self.size, self.mean, self.std,
-                                self.cfg.eval.batch_size, self.device)
+    def features(self, encoder: nn.Module, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        bs = self.cfg.eval.batch_size
+        if self.files:
+            return extract_folder_features(encoder, data, self.size, self.mean, self.std, bs,
+                                           self.device, self.cfg.data.loader_workers)
+        feats = extract_features(encoder, data, self.size, self.mean, self.std, bs, self.device)
+        return feats, data.labels
 
     def __call__(self, encoder: nn.Module) -> float:
         e = self.cfg.eval
-        return knn_top1(self.features(encoder, self.train), self.train.labels,
-                        self.features(encoder, self.test), self.test.labels,
-                        k=e.knn_k, temperature=e.knn_temperature,
-                        num_classes=self.train.num_classes)
+        (train_x, train_y), (test_x, test_y) = (self.features(encoder, s) for s in self.splits)
+        return knn_top1(train_x, train_y, test_x, test_y, k=e.knn_k,
+                        temperature=e.knn_temperature, num_classes=self.num_classes)
 
 
 def make_stream(cfg: RunConfig, trainer_views: tuple[Any, ...], world: int, rank: int,
                 use_gpu: bool) -> ArrayStream | FileStream:
     per_worker = cfg.train.batch_size // world
     if cfg.data.dataset == "imagefolder":
-        from sslray.data.datasets import load_image_folder
-
         mean, std = dataset_stats("imagefolder")
         tfs = tuple(torchvision_views(a, image_size(cfg.data), mean, std) for a in trainer_views)
         return FileStream(load_image_folder(cfg.data, "train"), tfs, per_worker, world, rank,
@@ -176,7 +184,7 @@ def fit(
     trainer = Trainer(cfg, stream.steps_per_epoch, device, wrap)
     if resume is not None:
         trainer.load_state_dict(resume)
-    monitor = KnnMonitor(cfg, device) if rank == 0 and cfg.data.dataset != "imagefolder" else None
+    monitor = KnnMonitor(cfg, device) if rank == 0 else None
     if monitor is not None and cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
         trainer.extra["knn_top1_init"] = monitor(trainer.method.feature_encoder())
     progress = EpochProgress(
