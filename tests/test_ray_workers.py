@@ -87,3 +87,54 @@ def test_ray_run_killed_after_epoch_1_resumes_and_matches_uninterrupted(
         torch.set_num_threads(threads)
     assert metrics["train/loss"] == pytest.approx(reference["train/loss"], rel=1e-5)
     assert metrics["eval/knn_top1"] == pytest.approx(reference["eval/knn_top1"])
+
+
+def _two_worker_moco(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from sslray import distributed as dist
+    from sslray.config import RunConfig
+
+    cfg = RunConfig.model_validate_json(config["cfg"])
+
+    def dump(metrics, trainer):
+        m = trainer.method
+        state = {
+            "queue": m.queue.features.tolist(),
+            "ptr": int(m.queue.ptr),
+            "query_sum": float(sum(p.double().sum() for p in m.encoder_q.parameters())),
+            "key_sum": float(sum(p.double().sum() for p in m.encoder_k.parameters())),
+            "metrics": metrics,
+        }
+        Path(config["out"], f"rank{dist.rank()}.json").write_text(json.dumps(state))
+        ray.train.report({"epoch": metrics["epoch"]})
+
+    def wrap(model):
+        return ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+
+    fit(cfg, wrap=wrap, on_epoch_end=dump, verbose=False)
+
+
+def test_moco_on_two_ray_workers_keeps_one_queue_and_one_model(ray_session, tmp_path):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = tiny_config(train={"epochs": 1, "batch_size": 32}, resources={"workers": 2},
+                      method={"name": "moco", "queue_size": 64, "dim": 16, "bn": "shuffle"})
+    TorchTrainer(
+        _two_worker_moco,
+        train_loop_config={"cfg": cfg.model_dump_json(), "out": str(tmp_path)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="moco2", storage_path=str(tmp_path / "ray"),
+                             failure_config=FailureConfig(max_failures=0)),
+    ).fit()
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    steps = 128 // 32  # synthetic_size // global batch
+    assert r0["ptr"] == r1["ptr"] == (steps * 32) % 64  # all-gathered keys: 32 per step
+    assert r0["queue"] == r1["queue"]  # every worker holds the same dictionary
+    assert r0["query_sum"] == pytest.approx(r1["query_sum"], rel=1e-6)  # DDP: one model
+    assert r0["key_sum"] == pytest.approx(r1["key_sum"], rel=1e-6)  # same momentum encoder
+    assert r0["metrics"]["train/loss"] == r1["metrics"]["train/loss"]  # all-reduced
+    assert "eval/knn_top1" in r0["metrics"] and "eval/knn_top1" not in r1["metrics"]

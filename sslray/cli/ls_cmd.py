@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sslray.cli.errors import guarded
+from sslray.cli.common import guarded
 from sslray.config import builtin_configs, read_yaml
 from sslray.methods import METHODS
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sslray.cli.errors import guarded
+from sslray.cli.common import add_config_arguments, guarded
 from sslray.cli.validate_cmd import describe
 from sslray.config import RunConfig, load_config
 
@@ -29,9 +29,7 @@ def add_parser(sub: Any) -> None:
         "  sslray run my.yaml --set train.epochs=50 --set method.temperature=0.1 --output runs/x",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="a run config YAML file or a built-in config name (sslray ls)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted key (repeatable)")
+    add_config_arguments(p)
     p.add_argument("--workers", type=int, default=None,
                    help="Ray Train workers (overrides resources.workers; 0 = local mode)")
     p.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch: checks the path")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sslray.cli.errors import guarded
+from sslray.cli.common import add_config_arguments, guarded
 from sslray.config import load_config
 
 
@@ -18,9 +18,7 @@ def add_parser(sub: Any) -> None:
         epilog="example: sslray validate fmnist_moco_v2 --set method.queue_size=8192",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="a run config YAML file or a built-in config name (sslray ls)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted key, e.g. train.epochs=10 (repeatable)")
+    add_config_arguments(p)
     p.add_argument("--smoke", action="store_true", help="validate the shrunk smoke-test version")
     p.set_defaults(func=guarded(run))
 

@@ -171,7 +171,8 @@ def fit(
 
     `resume`: a state from `Trainer.state_dict()`; training continues at its epoch.
     `on_epoch_end(metrics, trainer)`: called on every worker after each epoch (Ray reports and
-    checkpoints there). Rank 0 evaluates; all workers return the same metrics.
+    checkpoints there). train/* metrics are averaged over workers; rank 0 alone evaluates, so
+    eval/* metrics exist on rank 0 only (the one whose reports Ray Train keeps).
     """
     rank, world = dist.rank(), dist.world_size()
     if cfg.train.batch_size % world:
@@ -179,9 +180,9 @@ def fit(
             f"train.batch_size {cfg.train.batch_size} is not divisible by {world} workers"
         )
     device = torch.device(device)
-    method_views = build_method(cfg).view_augs  # cheap: tells the stream which views to make
-    stream = make_stream(cfg, method_views, world, rank, device.type == "cuda")
-    trainer = Trainer(cfg, stream.steps_per_epoch, device, wrap)
+    trainer = Trainer(cfg, 1, device, wrap)
+    stream = make_stream(cfg, trainer.method.view_augs, world, rank, device.type == "cuda")
+    trainer.steps_per_epoch = stream.steps_per_epoch
     if resume is not None:
         trainer.load_state_dict(resume)
     monitor = KnnMonitor(cfg, device) if rank == 0 else None

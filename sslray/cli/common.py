@@ -1,4 +1,4 @@
-"""How every command reports bad input: one clear message on stderr, exit code 2."""
+"""Shared CLI pieces: the config arguments, and how bad input is reported (stderr, exit 2)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,14 @@ def guarded(fn: Callable[[Any], int]) -> Callable[[Any], int]:
             return EXIT_BAD_INPUT
 
     return run
+
+
+def add_config_arguments(parser: Any) -> None:
+    """CONFIG and --set, the same for every command that reads a run config."""
+    parser.add_argument(
+        "config", help="a run config YAML file or a built-in config name (see `sslray ls`)"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. train.epochs=10 (repeatable)",
+    )
