@@ -74,3 +74,29 @@ def test_checkpoint_errors_are_clear(tmp_path: Path):
         load_state(truncated, "moco")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_state(tmp_path / "missing.pt")
+
+
+def _three_step_losses(cfg):
+    batch = _batches(cfg, 3)
+    trainer = Trainer(cfg, steps_per_epoch=4)
+    torch.manual_seed(7)
+    losses = [trainer.train_step(batch(i))["loss"].item() for i in range(3)]
+    return losses, trainer.method.state_dict()
+
+
+def test_channels_last_gives_the_same_trajectory():
+    base = {"name": "moco", "queue_size": 64, "dim": 16, "bn_splits": 2}
+    nchw, s1 = _three_step_losses(tiny_config(method=base, train={"channels_last": False}))
+    nhwc, s2 = _three_step_losses(tiny_config(method=base, train={"channels_last": True}))
+    assert nhwc == pytest.approx(nchw, abs=1e-4)
+    for k in s1:
+        assert torch.allclose(s1[k].float(), s2[k].float(), atol=1e-4), k
+
+
+def test_bf16_autocast_tracks_fp32():
+    base = {"name": "moco", "queue_size": 64, "dim": 16}
+    fp32, _ = _three_step_losses(tiny_config(method=base, train={"precision": "fp32"}))
+    bf16, state = _three_step_losses(tiny_config(method=base, train={"precision": "bf16"}))
+    assert bf16 == pytest.approx(fp32, abs=0.05)  # bf16 has ~3 significant digits
+    assert bf16 != fp32  # autocast really ran in bf16
+    assert all(v.dtype != torch.bfloat16 for v in state.values())  # weights stay fp32

@@ -53,13 +53,16 @@ def info_nce_loss(
     """InfoNCE (MoCo eq. 1): mean cross-entropy with the positive at logit 0.
 
     q, k: (N, C) L2-normalised queries and their positive keys; queue: (K, C) negatives.
-    logits = [q.k, q.queue^T] / T, shape (N, 1 + K).
+    logits = [q.k, q.queue^T] / T, shape (N, 1 + K). Computed in fp32 even under autocast:
+    bf16 logits (3 significant digits) at T = 0.07 would blur the positive among 65k negatives.
     """
-    l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
-    l_neg = q @ queue.t()  # (N, K)
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
-    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, labels)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, queue = q.float(), k.float(), queue.float()
+        l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+        l_neg = q @ queue.t()  # (N, K)
+        logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, labels)
 
 
 class MoCo(nn.Module):
@@ -100,10 +103,10 @@ class MoCo(nn.Module):
                 k = dist.batch_unshuffle(self.encoder_k(x), idx_unshuffle)
         else:
             k = self.encoder_k(x)
-        return F.normalize(k, dim=1)
+        return F.normalize(k.float(), dim=1)
 
     def _contrast(self, x_q: torch.Tensor, x_k: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        q = F.normalize(self.encoder_q(x_q), dim=1)  # (N, C)
+        q = F.normalize(self.encoder_q(x_q).float(), dim=1)  # (N, C), fp32 under autocast
         k = self._keys(x_k)  # (N, C)
         # clone: the queue is updated in place after this step, before backward.
         negatives = self.queue.features.clone().detach()  # (K, C)

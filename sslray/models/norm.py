@@ -42,7 +42,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         var_split = self.running_var.repeat(s)
         # (N, C, H, W) -> (N/s, C*s, H, W): each split's channels are normalised on their own.
         out = F.batch_norm(
-            x.view(-1, c * s, h, w),
+            x.reshape(-1, c * s, h, w),  # reshape: channels_last inputs are not viewable
             mean_split,
             var_split,
             self.weight.repeat(s),
@@ -50,7 +50,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             True,
             self.momentum if self.momentum is not None else 0.1,
             self.eps,
-        ).view(n, c, h, w)
+        ).reshape(n, c, h, w)
         with torch.no_grad():
             self.running_mean.copy_(mean_split.view(s, c).mean(dim=0))
             self.running_var.copy_(var_split.view(s, c).mean(dim=0))

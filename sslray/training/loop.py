@@ -56,6 +56,8 @@ class Trainer:
         self.cfg, self.device, self.steps_per_epoch = cfg, torch.device(device), steps_per_epoch
         torch.manual_seed(cfg.seed)  # identical initial weights on every worker
         self.method = build_method(cfg).to(self.device)
+        if cfg.train.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
         self.model = wrap(self.method) if wrap is not None else self.method
         self.mean, self.std = dataset_stats(cfg.data.dataset)
         self.size = image_size(cfg.data)
@@ -76,13 +78,18 @@ class Trainer:
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         if batch.views is None:
             assert batch.images is not None
-            batch.views = self.views(batch.images.to(self.device, non_blocking=True))
+            views = self.views(batch.images.to(self.device, non_blocking=True))
         else:
-            batch.views = tuple(v.to(self.device, non_blocking=True) for v in batch.views)
+            views = tuple(v.to(self.device, non_blocking=True) for v in batch.views)
+        if self.cfg.train.channels_last:
+            views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+        batch.views = views
         lr = lr_at(self.cfg, self.step, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        out = self.model(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.cfg.train.precision == "bf16"):
+            out = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
