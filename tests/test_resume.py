@@ -100,3 +100,11 @@ def test_bf16_autocast_tracks_fp32():
     assert bf16 == pytest.approx(fp32, abs=0.05)  # bf16 has ~3 significant digits
     assert bf16 != fp32  # autocast really ran in bf16
     assert all(v.dtype != torch.bfloat16 for v in state.values())  # weights stay fp32
+
+
+def test_precision_auto_follows_the_hardware():
+    from sslray.training.loop import use_bf16
+
+    cpu = torch.device("cpu")
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
+    assert use_bf16("auto", cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -27,6 +27,15 @@ from sslray.training.progress import EpochProgress
 EpochCallback = Callable[[dict[str, float], "Trainer"], None]
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to autocast to bf16: asked for, or "auto" and the hardware runs it natively."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate at a global step: linear warm-up, then cosine (MoCo v2) or step (MoCo v1)."""
     base = cfg.effective_lr
@@ -59,6 +68,7 @@ class Trainer:
         if cfg.train.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model = wrap(self.method) if wrap is not None else self.method
+        self.bf16 = use_bf16(cfg.train.precision, self.device)
         self.mean, self.std = dataset_stats(cfg.data.dataset)
         self.size = image_size(cfg.data)
         self.views = BatchedViews(self.method.view_augs, self.size, self.mean, self.std)
@@ -87,8 +97,7 @@ class Trainer:
         lr = lr_at(self.cfg, self.step, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.cfg.train.precision == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -216,6 +225,7 @@ def fit(
         metrics = {"epoch": float(epoch + 1)}
         metrics.update({f"train/{n}": float(v) for n, v in zip(names, means.tolist())})
         metrics["train/lr"] = lr_at(cfg, max(trainer.step - 1, 0), stream.steps_per_epoch)
+        metrics["train/bf16"] = float(trainer.bf16)
         metrics["train/epoch_s"] = elapsed
         metrics["train/images_per_s"] = stream.steps_per_epoch * cfg.train.batch_size / elapsed
         if not math.isfinite(metrics.get("train/loss", 0.0)):
