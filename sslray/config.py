@@ -36,14 +36,15 @@ __all__ = [
 ]
 
 class OptimConfig(StrictModel):
-    name: Literal["sgd"] = "sgd"  # MoCo v1/v2: SGD
+    name: Literal["sgd", "lars"] = "sgd"  # MoCo v1/v2: SGD; BYOL: LARS
     lr: float = Field(default=0.03, gt=0)  # MoCo: 0.03 at batch 256 (scaled by batch/256)
     lr_scaling: Literal["linear", "none"] = "linear"  # Goyal et al. 2017 linear scaling rule
     momentum: float = Field(default=0.9, ge=0, lt=1)  # MoCo: 0.9
     weight_decay: float = Field(default=1e-4, ge=0)  # MoCo: 1e-4
     schedule: Literal["cosine", "step", "constant"] = "cosine"  # MoCo v2: cosine; v1: step
     milestones: tuple[int, ...] = (120, 160)  # MoCo v1: x0.1 at epochs 120 and 160
-    warmup_epochs: float = Field(default=0.0, ge=0)  # MoCo: none
+    warmup_epochs: float = Field(default=0.0, ge=0)  # MoCo: none; BYOL: 10
+    lars_eta: float = Field(default=0.001, gt=0)  # LARS trust coefficient (BYOL: 1e-3)
 
 
 class TrainConfig(StrictModel):

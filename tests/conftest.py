@@ -38,7 +38,8 @@ def tiny_raw(**sections: Any) -> dict[str, Any]:
         "resources": {"workers": 0},
     }
     for name, values in sections.items():
-        if isinstance(values, dict) and isinstance(raw.get(name), dict):
+        other_method = name == "method" and values.get("name", "moco") != raw["method"]["name"]
+        if isinstance(values, dict) and isinstance(raw.get(name), dict) and not other_method:
             raw[name] = {**raw[name], **values}
         else:
             raw[name] = values

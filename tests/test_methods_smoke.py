@@ -13,6 +13,7 @@ from tests.conftest import tiny_config
 # Tiny settings per method; a method registered without an entry here fails the test below.
 SMOKE_METHOD = {
     "moco": {"name": "moco", "queue_size": 64, "dim": 16, "bn_splits": 2},
+    "byol": {"name": "byol", "hidden_dim": 32, "proj_dim": 8, "tau_base": 0.99},
 }
 
 
@@ -36,4 +37,12 @@ def test_smoke_train(name):
 def test_moco_symmetric_and_no_shuffle_variants_train():
     for method in ({"symmetric": True}, {"bn": "none"}, {"bn": "split", "bn_splits": 4}):
         cfg = tiny_config(method={**SMOKE_METHOD["moco"], **method}, train={"epochs": 1})
+        assert math.isfinite(fit(cfg, verbose=False)["train/loss"])
+
+
+def test_byol_variants_train():
+    for method, optim in (({"predictor": False}, {}), ({"tau_schedule": "fixed"}, {}),
+                          ({}, {"name": "lars", "lr": 0.2, "warmup_epochs": 0.5})):
+        cfg = tiny_config(method={**SMOKE_METHOD["byol"], **method}, optim=optim,
+                          train={"epochs": 1})
         assert math.isfinite(fit(cfg, verbose=False)["train/loss"])

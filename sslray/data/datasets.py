@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -256,7 +256,7 @@ def load_arrays(cfg: DataConfig, split: Split, labeled: bool = False) -> ImageAr
     return data.subset(n, cfg.subset_seed).resized(cfg.image_size)
 
 
-def load_image_folder(cfg: DataConfig, split: Split) -> object:
+def load_image_folder(cfg: DataConfig, split: Split) -> Any:
     """An ImageFolder split (`<root>/train/<class>/*.jpg`, `<root>/val/<class>/*.jpg`)."""
     from torchvision.datasets import ImageFolder
 

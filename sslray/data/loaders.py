@@ -36,7 +36,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def shard_steps(n: int, per_worker: int, world: int, rank: int, seed: int, epoch: int) -> torch.Tensor:
+def shard_steps(
+    n: int, per_worker: int, world: int, rank: int, seed: int, epoch: int
+) -> torch.Tensor:
     """(steps, per_worker) indices of this rank for one epoch; the last partial batch is dropped."""
     steps = n // (per_worker * world)
     if steps == 0:
@@ -52,12 +54,20 @@ class ArrayStream:
     """Batches of an in-memory dataset (views are made later, batched, on the device)."""
 
     def __init__(self, data: ImageArrays, per_worker: int, world: int, rank: int, seed: int):
-        self.data, self.per_worker, self.world, self.rank, self.seed = data, per_worker, world, rank, seed
+        self.data, self.per_worker, self.world, self.rank, self.seed = (
+            data,
+            per_worker,
+            world,
+            rank,
+            seed,
+        )
         self.steps_per_epoch = len(data) // (per_worker * world)
         shard_steps(len(data), per_worker, world, rank, seed, 0)  # raises early if too small
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        for idx in shard_steps(len(self.data), self.per_worker, self.world, self.rank, self.seed, epoch):
+        for idx in shard_steps(
+            len(self.data), self.per_worker, self.world, self.rank, self.seed, epoch
+        ):
             yield Batch(labels=self.data.labels[idx], index=idx, images=self.data.images[idx])
 
 
@@ -90,15 +100,28 @@ class _ViewsDataset(Dataset[Any]):
 class FileStream:
     """Batches of an image-file dataset; per-sample torchvision views in DataLoader workers."""
 
-    def __init__(self, folder: Any, transforms: tuple[Any, ...], per_worker: int, world: int,
-                 rank: int, seed: int, num_workers: int, pin_memory: bool):
+    def __init__(
+        self,
+        folder: Any,
+        transforms: tuple[Any, ...],
+        per_worker: int,
+        world: int,
+        rank: int,
+        seed: int,
+        num_workers: int,
+        pin_memory: bool,
+    ):
         n = len(folder)
         shard_steps(n, per_worker, world, rank, seed, 0)
         self.sampler = _ShardSampler(n, per_worker, world, rank, seed)
         self.steps_per_epoch = n // (per_worker * world)
         self.loader = DataLoader(
-            _ViewsDataset(folder, transforms), batch_size=per_worker, sampler=self.sampler,
-            num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
+            _ViewsDataset(folder, transforms),
+            batch_size=per_worker,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            drop_last=True,
             persistent_workers=num_workers > 0,
         )
 

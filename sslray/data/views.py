@@ -71,7 +71,7 @@ def random_resized_crop(
 
 
 def color_jitter(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Per-sample brightness, contrast, saturation, hue on (N, 3, H, W) in [0, 1], with p=jitter_p."""
+    """Per-sample brightness, contrast, saturation, hue of (N, 3, H, W) in [0, 1]; p = jitter_p."""
     n, dev = x.shape[0], x.device
     apply = _bernoulli(n, cfg.jitter_p, dev).view(n, 1, 1, 1)
     out = x
@@ -131,8 +131,12 @@ def gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float]) -> torc
     kern = kern / kern.sum(dim=1, keepdim=True)  # (N, k)
     kern = kern.repeat_interleave(c, dim=0)  # (N*C, k): one kernel per sample and channel
     y = x.reshape(1, n * c, h, w)
-    y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), kern.view(n * c, 1, 1, k), groups=n * c)
-    y = F.conv2d(F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), kern.view(n * c, 1, k, 1), groups=n * c)
+    y = F.conv2d(
+        F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), kern.view(n * c, 1, 1, k), groups=n * c
+    )
+    y = F.conv2d(
+        F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), kern.view(n * c, 1, k, 1), groups=n * c
+    )
     return torch.where(apply.view(n, 1, 1, 1), y.view(n, c, h, w), x)
 
 
@@ -188,7 +192,9 @@ def eval_transform(
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s

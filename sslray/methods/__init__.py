@@ -6,17 +6,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
+from sslray.methods.byol import BYOL
 from sslray.methods.moco import MoCo
 from sslray.methods.protocol import SSLMethod, StepOutput
 
 METHODS: dict[str, Any] = {
     "moco": MoCo,
+    "byol": BYOL,
 }
 
 METHOD_CONFIGS: dict[str, Any] = {name: cls.Config for name, cls in METHODS.items()}
 
 if TYPE_CHECKING:  # the static view of the union (extend it when registering a method)
-    from sslray.methods.moco import MoCoConfig as MethodConfig
+    from sslray.methods.byol import BYOLConfig
+    from sslray.methods.moco import MoCoConfig
+
+    MethodConfig = MoCoConfig | BYOLConfig
 elif len(METHOD_CONFIGS) > 1:
     MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
 else:

@@ -22,6 +22,7 @@ from sslray.data.views import BatchedViews, torchvision_views
 from sslray.eval.features import extract_features, extract_folder_features
 from sslray.eval.knn import knn_top1
 from sslray.methods import build_method
+from sslray.training.optim import build_optimizer
 from sslray.training.progress import EpochProgress
 
 EpochCallback = Callable[[dict[str, float], "Trainer"], None]
@@ -72,11 +73,7 @@ class Trainer:
         self.mean, self.std = dataset_stats(cfg.data.dataset)
         self.size = image_size(cfg.data)
         self.views = BatchedViews(self.method.view_augs, self.size, self.mean, self.std)
-        params = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            params, lr=cfg.effective_lr, momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay,
-        )
+        self.optimizer = build_optimizer(cfg.optim, self.method, cfg.effective_lr)
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimiser steps
         self.extra: dict[str, float] = {}  # values that must survive a resume (init kNN)

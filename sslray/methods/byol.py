@@ -1,0 +1,95 @@
+"""BYOL: bootstrap your own latent (Grill et al. 2020).
+
+Reference: google-deepmind/deepmind-research byol/ (f5de0ede): byol_experiment.py, configs/byol.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from sslray.config_types import AugmentConfig, StrictModel
+from sslray.methods.protocol import StepOutput, feature_std
+from sslray.models import build_backbone, copy_params_, cosine_ema_decay, ema_update_, mlp_head
+
+# BYOL's asymmetric views (paper, Table 6): colour jitter 0.4/0.4/0.2/0.1 with p 0.8, grayscale
+# 0.2, crop scale 0.08-1; blur p 1.0 / 0.1 and solarize p 0 / 0.2 for view 1 / view 2.
+BYOL_VIEW_1 = AugmentConfig(crop_scale=(0.08, 1.0), saturation=0.2, blur_p=1.0, solarize_p=0.0)
+BYOL_VIEW_2 = AugmentConfig(crop_scale=(0.08, 1.0), saturation=0.2, blur_p=0.1, solarize_p=0.2)
+
+
+class BYOLConfig(StrictModel):
+    name: Literal["byol"] = "byol"
+    hidden_dim: int = Field(default=4096, ge=1)  # BYOL: projector / predictor MLP 4096
+    proj_dim: int = Field(default=256, ge=1)  # BYOL: 256-d projection
+    predictor: bool = True  # ablation (Table 5b): without the predictor BYOL collapses
+    tau_base: float = Field(default=0.996, ge=0.0, le=1.0)  # BYOL 1000 ep; 0.99 for <= 300 ep
+    tau_schedule: Literal["cosine", "fixed"] = "cosine"  # BYOL: cosine increase to 1
+    head_bn: bool = True  # BYOL: BN after the hidden layer of projector and predictor
+    augment_1: AugmentConfig = BYOL_VIEW_1
+    augment_2: AugmentConfig = BYOL_VIEW_2
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Normalised MSE of BYOL eq. 2: mean over the batch of 2 - 2 cos(p, z).
+
+    p: (N, D) online predictions; z: (N, D) target projections (no gradient flows into z).
+    Computed in fp32 even under autocast.
+    """
+    with torch.autocast(p.device.type, enabled=False):
+        p = F.normalize(p.float(), dim=1)
+        z = F.normalize(z.detach().float(), dim=1)
+        return (2 - 2 * (p * z).sum(dim=1)).mean()
+
+
+class BYOL(nn.Module):
+    Config = BYOLConfig
+
+    def __init__(self, run_cfg: Any) -> None:
+        super().__init__()
+        cfg: BYOLConfig = run_cfg.method
+        self.cfg = cfg
+        self.backbone = build_backbone(run_cfg.backbone)
+        width = self.backbone.out_dim
+        self.projector = mlp_head(width, cfg.hidden_dim, cfg.proj_dim, hidden_bn=cfg.head_bn)
+        self.predictor = (
+            mlp_head(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, hidden_bn=cfg.head_bn)
+            if cfg.predictor
+            else nn.Identity()
+        )
+        self.online = nn.Sequential(self.backbone, self.projector)
+        self.target = copy.deepcopy(self.online)  # EMA of backbone + projector
+        copy_params_(self.target, self.online)
+        for p in self.target.parameters():
+            p.requires_grad = False
+        self.view_augs = (cfg.augment_1, cfg.augment_2)
+
+    def feature_encoder(self) -> nn.Module:
+        return self.backbone  # the online backbone (never the target; lightly#1471)
+
+    def training_step(self, batch: Any) -> StepOutput:
+        v1, v2 = batch.views
+        z1, z2 = self.online(v1), self.online(v2)  # (N, D)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():
+            t1, t2 = self.target(v1), self.target(v2)
+        # The SUM of the two symmetric terms (BYOL eq. 2); averaging halves the gradient
+        # (lightly PR #1286 lost 11 points that way).
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+        return StepOutput(loss, {"loss": loss.detach(), "feature_std": feature_std(z1)})
+
+    def forward(self, batch: Any) -> StepOutput:
+        return self.training_step(batch)
+
+    def tau(self, progress: float) -> float:
+        if self.cfg.tau_schedule == "fixed":
+            return self.cfg.tau_base
+        return cosine_ema_decay(self.cfg.tau_base, progress)
+
+    def after_optimizer_step(self, progress: float) -> None:
+        ema_update_(self.target, self.online, self.tau(progress))

@@ -1,0 +1,100 @@
+"""BYOL and LARS against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sslray.data.loaders import Batch
+from sslray.methods.byol import BYOL, byol_loss
+from sslray.training.optim import LARS, build_optimizer
+from tests.conftest import tiny_config
+
+BYOL_TINY = {"name": "byol", "hidden_dim": 32, "proj_dim": 8}
+
+
+def test_byol_loss_by_hand():
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z = torch.tensor([[0.6, 0.8], [0.0, 2.0]])  # cosines 0.6 and 1.0
+    assert byol_loss(p, z).item() == pytest.approx(((2 - 1.2) + (2 - 2.0)) / 2)
+
+
+def test_byol_loss_range_and_no_gradient_into_target():
+    p = torch.randn(5, 4, requires_grad=True)
+    z = torch.randn(5, 4, requires_grad=True)
+    loss = byol_loss(p, z)
+    assert 0.0 <= loss.item() <= 4.0
+    loss.backward()
+    assert p.grad is not None and z.grad is None
+
+
+def test_step_loss_is_the_sum_of_both_symmetric_terms():
+    cfg = tiny_config(method=BYOL_TINY)
+    torch.manual_seed(0)
+    model = BYOL(cfg)
+    v1, v2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    out = model.training_step(Batch(labels=torch.zeros(8), index=torch.arange(8), views=(v1, v2)))
+    with torch.no_grad():
+        p1, p2 = model.predictor(model.online(v1)), model.predictor(model.online(v2))
+        t1, t2 = model.target(v1), model.target(v2)
+    expected = byol_loss(p1, t2) + byol_loss(p2, t1)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.target.parameters())
+    assert any(p.grad is not None for p in model.predictor.parameters())
+
+
+def test_tau_schedules_and_target_update():
+    cosine = BYOL(tiny_config(method={**BYOL_TINY, "tau_base": 0.9}))
+    assert [cosine.tau(x) for x in (0.0, 0.5, 1.0)] == pytest.approx([0.9, 0.95, 1.0])
+    fixed = BYOL(tiny_config(method={**BYOL_TINY, "tau_base": 0.0, "tau_schedule": "fixed"}))
+    assert fixed.tau(0.7) == 0.0
+    with torch.no_grad():
+        for p in fixed.online.parameters():
+            p.add_(1.0)
+    fixed.after_optimizer_step(0.5)  # tau 0: the target becomes a copy of the online network
+    for a, b in zip(fixed.target.parameters(), fixed.online.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_no_predictor_ablation_uses_identity():
+    model = BYOL(tiny_config(method={**BYOL_TINY, "predictor": False}))
+    assert isinstance(model.predictor, nn.Identity)
+
+
+def test_lars_update_matches_formula_and_skips_excluded():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
+    b = nn.Parameter(torch.tensor([1.0]))
+    w.grad, b.grad = torch.tensor([0.6, 0.8]), torch.tensor([0.5])
+    lr, wd, eta = 0.1, 0.01, 0.001
+    opt = LARS([{"params": [w]}, {"params": [b], "lars": False, "weight_decay": 0.0}],
+               lr=lr, momentum=0.9, weight_decay=wd, eta=eta)
+    opt.step()
+    d = torch.tensor([0.6, 0.8]) + wd * torch.tensor([3.0, 4.0])
+    trust = eta * 5.0 / float(torch.linalg.vector_norm(d))
+    assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - lr * trust * d)
+    assert b.item() == pytest.approx(1.0 - lr * 0.5)  # plain SGD: no decay, no trust ratio
+    # second step: momentum on the scaled update
+    w.grad, b.grad = torch.tensor([0.6, 0.8]), torch.tensor([0.5])
+    opt.step()
+    assert b.item() == pytest.approx(1.0 - lr * 0.5 - lr * (0.9 * 0.5 + 0.5))
+
+
+def test_build_optimizer_excludes_biases_and_bn_from_lars():
+    cfg = tiny_config(method=BYOL_TINY, optim={"name": "lars", "lr": 0.2})
+    model = BYOL(cfg)
+    opt = build_optimizer(cfg.optim, model, 0.2)
+    regular, excluded = opt.param_groups
+    assert all(p.ndim > 1 for p in regular["params"]) and regular["lars"]
+    assert all(p.ndim <= 1 for p in excluded["params"]) and not excluded["lars"]
+    assert excluded["weight_decay"] == 0.0
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert len(regular["params"]) + len(excluded["params"]) == n_trainable
+
+
+def test_cosine_ema_decay_is_monotone():
+    values = [BYOL(tiny_config(method=BYOL_TINY)).tau(x / 10) for x in range(11)]
+    assert values == sorted(values) and math.isclose(values[-1], 1.0)
