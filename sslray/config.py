@@ -62,6 +62,7 @@ class EvalConfig(StrictModel):
     knn_temperature: float = Field(default=0.07, gt=0)  # InstDisc: tau=0.07
     every_n_epochs: int = Field(default=0, ge=0)  # kNN monitor every n epochs; 0: only at the end
     at_init: bool = True  # also evaluate the random-init backbone (the baseline every table needs)
+    linear_fast: bool = True  # the fast linear probe on the same cached features
     batch_size: int = Field(default=512, ge=1)  # feature extraction batch
 
 

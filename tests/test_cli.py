@@ -54,7 +54,8 @@ def test_run_local_mode_writes_config_and_result_and_never_overwrites(tmp_path: 
     run_dir = tmp_path / "run"
     out = sslray("run", str(cfg), "--workers", "0", "--output", str(run_dir))
     assert out.returncode == 0, out.stderr
-    assert "kNN top-1" in out.stdout and "random init" in out.stdout
+    for text in ("kNN top-1", "random init", "linear (fast)"):
+        assert text in out.stdout
     resolved = json.loads((run_dir / "config.json").read_text())
     assert resolved["config"]["method"]["queue_size"] == 64
     assert resolved["derived"]["effective_lr"] == pytest.approx(0.05 * 32 / 256)

@@ -45,3 +45,35 @@ def test_knn_matches_brute_force_reference():
 def test_k_larger_than_train_set_is_capped():
     train = torch.eye(3)
     assert knn_classify(train, torch.tensor([0, 1, 2]), torch.eye(3), k=200).tolist() == [0, 1, 2]
+
+
+def test_linear_probe_fast_separable_and_top5():
+    from sslray.eval.linear import linear_probe_fast
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(8, 16, generator=g) * 4
+    y = torch.arange(8).repeat(50)
+    x = centers[y] + torch.randn(400, 16, generator=g)
+    yt = torch.arange(8).repeat(10)
+    xt = centers[yt] + torch.randn(80, 16, generator=g)
+    out = linear_probe_fast(x, y, xt, yt, num_classes=8)
+    assert out["top1"] == 1.0 and out["top5"] == 1.0
+    few = linear_probe_fast(x, y % 4, xt, yt % 4, num_classes=4)  # <= 5 classes: no top-5
+    assert "top5" not in few
+
+
+def test_linear_probe_fast_matches_sklearn_on_noisy_data():
+    from sklearn.linear_model import LogisticRegression
+
+    from sslray.eval.linear import linear_probe_fast
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(10, 6, generator=g)
+    x, xt = torch.randn(600, 10, generator=g), torch.randn(300, 10, generator=g)
+    y = (x @ w + 1.5 * torch.randn(600, 6, generator=g)).argmax(1)
+    yt = (xt @ w + 1.5 * torch.randn(300, 6, generator=g)).argmax(1)
+    ours = linear_probe_fast(x, y, xt, yt, num_classes=6)["top1"]
+    mu, sd = x.mean(0), x.std(0)
+    ref = LogisticRegression(C=1.0 / (2 * 1e-4 * 600), max_iter=2000).fit(
+        ((x - mu) / sd).numpy(), y.numpy()).score(((xt - mu) / sd).numpy(), yt.numpy())
+    assert abs(ours - ref) <= 0.02

@@ -1,6 +1,7 @@
-"""Evaluation on frozen features: kNN (faiss); linear probe and k-means land with later issues."""
+"""Evaluation on frozen features: kNN (faiss) and the fast linear probe; k-means comes later."""
 
 from sslray.eval.features import extract_features
 from sslray.eval.knn import knn_classify, knn_top1
+from sslray.eval.linear import linear_probe_fast
 
-__all__ = ["extract_features", "knn_classify", "knn_top1"]
+__all__ = ["extract_features", "knn_classify", "knn_top1", "linear_probe_fast"]

@@ -21,6 +21,7 @@ from sslray.data.loaders import ArrayStream, Batch, FileStream
 from sslray.data.views import BatchedViews, torchvision_views
 from sslray.eval.features import extract_features, extract_folder_features
 from sslray.eval.knn import knn_top1
+from sslray.eval.linear import linear_probe_fast
 from sslray.methods import build_method
 from sslray.training.optim import build_optimizer
 from sslray.training.progress import EpochProgress
@@ -128,8 +129,12 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
 
 
-class KnnMonitor:
-    """kNN top-1 of the feature encoder: train split as memory, test split as queries."""
+class Evaluator:
+    """Frozen-feature evaluation: weighted kNN top-1 and the fast linear probe (top-1, top-5).
+
+    The training split (a labelled one) is the kNN memory and the probe's training set; the test
+    split is queried. Features are extracted once per evaluation and shared by both protocols.
+    """
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -153,11 +158,16 @@ class KnnMonitor:
         feats = extract_features(encoder, data, self.size, self.mean, self.std, bs, self.device)
         return feats, data.labels
 
-    def __call__(self, encoder: nn.Module) -> float:
+    def __call__(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
         e = self.cfg.eval
         (train_x, train_y), (test_x, test_y) = (self.features(encoder, s) for s in self.splits)
-        return knn_top1(train_x, train_y, test_x, test_y, k=e.knn_k,
-                        temperature=e.knn_temperature, num_classes=self.num_classes)
+        out = {f"eval/knn_top1{suffix}": knn_top1(
+            train_x, train_y, test_x, test_y, k=e.knn_k, temperature=e.knn_temperature,
+            num_classes=self.num_classes)}
+        if e.linear_fast:
+            probe = linear_probe_fast(train_x, train_y, test_x, test_y, self.num_classes)
+            out.update({f"eval/linear_fast_{k}{suffix}": v for k, v in probe.items()})
+        return out
 
 
 def make_stream(cfg: RunConfig, trainer_views: tuple[Any, ...], world: int, rank: int,
@@ -198,9 +208,10 @@ def fit(
     trainer.steps_per_epoch = stream.steps_per_epoch
     if resume is not None:
         trainer.load_state_dict(resume)
-    monitor = KnnMonitor(cfg, device) if rank == 0 else None
-    if monitor is not None and cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
-        trainer.extra["knn_top1_init"] = monitor(trainer.method.feature_encoder())
+    evaluator = Evaluator(cfg, device) if rank == 0 else None
+    if evaluator is not None and cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
+        # The random-init baseline of the same backbone, kept in the checkpoint for resumes.
+        trainer.extra.update(evaluator(trainer.method.feature_encoder(), suffix="_init"))
     progress = EpochProgress(
         cfg.train.epochs, stream.steps_per_epoch, enabled=verbose and rank == 0
     )
@@ -232,10 +243,9 @@ def fit(
             )
         last = epoch + 1 == cfg.train.epochs
         every = cfg.eval.every_n_epochs
-        if monitor is not None and (last or (every and (epoch + 1) % every == 0)):
-            metrics["eval/knn_top1"] = monitor(trainer.method.feature_encoder())
-        if "knn_top1_init" in trainer.extra:
-            metrics["eval/knn_top1_init"] = trainer.extra["knn_top1_init"]
+        if evaluator is not None and (last or (every and (epoch + 1) % every == 0)):
+            metrics.update(evaluator(trainer.method.feature_encoder()))
+        metrics.update(trainer.extra)
         progress.end_epoch(metrics)
         if on_epoch_end is not None:
             on_epoch_end(metrics, trainer)
