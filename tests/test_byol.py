@@ -13,7 +13,7 @@ from sslray.methods.byol import BYOL, byol_loss
 from sslray.training.optim import LARS, build_optimizer
 from tests.conftest import tiny_config
 
-BYOL_TINY = {"name": "byol", "hidden_dim": 32, "proj_dim": 8}
+BYOL_TINY = {"name": "byol", "hidden_dim": 32, "proj_dim": 8, "bn": "local"}
 
 
 def test_byol_loss_by_hand():

@@ -13,7 +13,7 @@ from tests.conftest import tiny_config
 # Tiny settings per method; a method registered without an entry here fails the test below.
 SMOKE_METHOD = {
     "moco": {"name": "moco", "queue_size": 64, "dim": 16, "bn_splits": 2},
-    "byol": {"name": "byol", "hidden_dim": 32, "proj_dim": 8, "tau_base": 0.99},
+    "byol": {"name": "byol", "hidden_dim": 32, "proj_dim": 8, "tau_base": 0.99, "bn": "local"},
 }
 
 
@@ -46,3 +46,21 @@ def test_byol_variants_train():
         cfg = tiny_config(method={**SMOKE_METHOD["byol"], **method}, optim=optim,
                           train={"epochs": 1})
         assert math.isfinite(fit(cfg, verbose=False)["train/loss"])
+
+
+def test_sync_bn_on_cpu_falls_back_with_a_warning():
+    for method in ({**SMOKE_METHOD["moco"], "bn": "sync"}, {**SMOKE_METHOD["byol"], "bn": "sync"}):
+        cfg = tiny_config(method=method, train={"epochs": 1})
+        with pytest.warns(RuntimeWarning, match="bn: sync needs GPU workers"):
+            metrics = fit(cfg, verbose=False)
+        assert math.isfinite(metrics["train/loss"])
+
+
+def test_byol_without_head_bn_has_none():
+    from torch import nn
+
+    from sslray.methods.byol import BYOL
+
+    model = BYOL(tiny_config(method={**SMOKE_METHOD["byol"], "bn": "none"}))
+    heads = list(model.projector.modules()) + list(model.predictor.modules())
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in heads)

@@ -118,7 +118,7 @@ def summary(cfg: RunConfig, metrics: dict[str, float], wall_s: float) -> str:
     e = cfg.eval
     lines.append(f"{cfg.data.dataset} test split; kNN k={e.knn_k} T={e.knn_temperature}")
     lines.append(f"  {'':<12}" + "".join(f"{title:>22}" for _, title in columns))
-    rows = [(cfg.method.name, "")]
+    rows: list[tuple[str, str]] = [(cfg.method.name, "")]
     if all(k + "_init" in metrics for k, _ in columns):
         rows.append(("random init", "_init"))
     for label, suffix in rows:

@@ -30,7 +30,9 @@ class BYOLConfig(StrictModel):
     predictor: bool = True  # ablation (Table 5b): without the predictor BYOL collapses
     tau_base: float = Field(default=0.996, ge=0.0, le=1.0)  # BYOL 1000 ep; 0.99 for <= 300 ep
     tau_schedule: Literal["cosine", "fixed"] = "cosine"  # BYOL: cosine increase to 1
-    head_bn: bool = True  # BYOL: BN after the hidden layer of projector and predictor
+    # BYOL: BN after the heads' hidden layer, statistics over all devices ("sync"); "local" keeps
+    # per-worker statistics, "none" drops BN from the heads (an ablation; the backbone keeps it).
+    bn: Literal["sync", "local", "none"] = "sync"
     augment_1: AugmentConfig = BYOL_VIEW_1
     augment_2: AugmentConfig = BYOL_VIEW_2
 
@@ -56,9 +58,10 @@ class BYOL(nn.Module):
         self.cfg = cfg
         self.backbone = build_backbone(run_cfg.backbone)
         width = self.backbone.out_dim
-        self.projector = mlp_head(width, cfg.hidden_dim, cfg.proj_dim, hidden_bn=cfg.head_bn)
+        head_bn = cfg.bn != "none"
+        self.projector = mlp_head(width, cfg.hidden_dim, cfg.proj_dim, hidden_bn=head_bn)
         self.predictor = (
-            mlp_head(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, hidden_bn=cfg.head_bn)
+            mlp_head(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, hidden_bn=head_bn)
             if cfg.predictor
             else nn.Identity()
         )
@@ -68,6 +71,7 @@ class BYOL(nn.Module):
         for p in self.target.parameters():
             p.requires_grad = False
         self.view_augs = (cfg.augment_1, cfg.augment_2)
+        self.wants_sync_bn = cfg.bn == "sync"
 
     def feature_encoder(self) -> nn.Module:
         return self.backbone  # the online backbone (never the target; lightly#1471)

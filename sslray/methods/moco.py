@@ -35,7 +35,10 @@ class MoCoConfig(StrictModel):
     queue_size: int = Field(default=65536, ge=1)  # MoCo: K = 65536
     ema_decay: float = Field(default=0.999, ge=0.0, le=1.0)  # MoCo: m = 0.999
     temperature: float = Field(default=0.2, gt=0.0)  # MoCo v2: T = 0.2 (v1: 0.07)
-    bn: Literal["shuffle", "split", "none"] = "shuffle"  # MoCo: shuffling BN (sec. 3.3)
+    # Key-encoder BN: MoCo's shuffling BN (sec. 3.3) across workers; "split": shuffle within a
+    # worker only (with bn_splits > 1, the single-GPU emulation); "sync": SyncBatchNorm in both
+    # encoders (MoCo v3 / solo-learn's alternative; GPU only); "none": plain per-worker BN.
+    bn: Literal["shuffle", "split", "sync", "none"] = "shuffle"
     bn_splits: int = Field(default=1, ge=1)  # >1: BN over sub-batches (MoCo CIFAR demo: 8)
     symmetric: bool = False  # both views as query and key (MoCo CIFAR demo option); off in MoCo
     augment: AugmentConfig = AugmentConfig.moco_v2()  # MoCo v2 aug_plus
@@ -87,6 +90,7 @@ class MoCo(nn.Module):
             p.requires_grad = False  # the key encoder only moves by momentum
         self.queue = FeatureQueue(cfg.queue_size, cfg.dim)
         self.view_augs = (cfg.augment, cfg.augment)
+        self.wants_sync_bn = cfg.bn == "sync"
 
     def feature_encoder(self) -> nn.Module:
         return self.backbone  # the query backbone (never the momentum one; lightly#1471)

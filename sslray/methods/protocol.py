@@ -26,6 +26,7 @@ class StepOutput:
 @runtime_checkable
 class SSLMethod(Protocol):
     view_augs: tuple[AugmentConfig, ...]  # one AugmentConfig per view the step consumes
+    wants_sync_bn: bool  # convert BatchNorm to SyncBatchNorm (GPU workers only)
 
     def training_step(self, batch: Any) -> StepOutput: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,22 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def sync_bn(method: nn.Module, device: torch.device) -> nn.Module:
+    """SyncBatchNorm where the method asks for it; it runs on GPUs only (NCCL), so a CPU run
+    falls back to per-worker BatchNorm and says so."""
+    if not getattr(method, "wants_sync_bn", False):
+        return method
+    if device.type != "cuda":
+        warnings.warn(
+            "bn: sync needs GPU workers (SyncBatchNorm has no CPU kernel); this CPU run uses "
+            "per-worker BatchNorm instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return method
+    return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+
+
 def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate at a global step: linear warm-up, then cosine (MoCo v2) or step (MoCo v1)."""
     base = cfg.effective_lr
@@ -66,7 +83,8 @@ class Trainer:
     ) -> None:
         self.cfg, self.device, self.steps_per_epoch = cfg, torch.device(device), steps_per_epoch
         torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-        self.method = build_method(cfg).to(self.device)
+        # An nn.Module that satisfies SSLMethod (typed Any: nn.Module has no protocol type).
+        self.method: Any = sync_bn(build_method(cfg), self.device).to(self.device)
         if cfg.train.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model = wrap(self.method) if wrap is not None else self.method
