@@ -74,3 +74,12 @@ def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tenso
     x_all = concat_all_gather(x)
     mine = idx_unshuffle.view(world_size(), -1)[rank()]
     return x_all[mine]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Like `concat_all_gather`, but gradients flow back to every worker's x (end-to-end MoCo)."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)

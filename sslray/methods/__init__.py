@@ -28,9 +28,12 @@ else:
     MethodConfig = next(iter(METHOD_CONFIGS.values()))  # type: ignore[misc]
 
 
-def build_method(run_cfg: Any) -> Any:
-    """Instantiate the method a RunConfig names (an nn.Module satisfying SSLMethod)."""
-    return METHODS[run_cfg.method.name](run_cfg)
+def build_method(run_cfg: Any, num_samples: int | None = None) -> Any:
+    """Instantiate the method a RunConfig names (an nn.Module satisfying SSLMethod).
+
+    `num_samples`: the training set size (MoCo's memory bank keeps one row per sample).
+    """
+    return METHODS[run_cfg.method.name](run_cfg, num_samples)
 
 
 __all__ = ["METHODS", "METHOD_CONFIGS", "MethodConfig", "SSLMethod", "StepOutput", "build_method"]

@@ -52,7 +52,7 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 class BYOL(nn.Module):
     Config = BYOLConfig
 
-    def __init__(self, run_cfg: Any) -> None:
+    def __init__(self, run_cfg: Any, num_samples: int | None = None) -> None:
         super().__init__()
         cfg: BYOLConfig = run_cfg.method
         self.cfg = cfg

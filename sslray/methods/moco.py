@@ -18,6 +18,7 @@ from sslray.config_types import AugmentConfig, StrictModel
 from sslray.methods.protocol import StepOutput, feature_std
 from sslray.models import (
     FeatureQueue,
+    MemoryBank,
     build_backbone,
     copy_params_,
     ema_update_,
@@ -41,6 +42,11 @@ class MoCoConfig(StrictModel):
     bn: Literal["shuffle", "split", "sync", "none"] = "shuffle"
     bn_splits: int = Field(default=1, ge=1)  # >1: BN over sub-batches (MoCo CIFAR demo: 8)
     symmetric: bool = False  # both views as query and key (MoCo CIFAR demo option); off in MoCo
+    # The three dictionary mechanisms of MoCo's Figure 3: "queue" (MoCo), "end_to_end" (keys from
+    # the query encoder, negatives = the rest of the global batch, gradients through both) and
+    # "memory_bank" (InstDisc: one stored feature per sample, queue_size negatives sampled).
+    dictionary: Literal["queue", "end_to_end", "memory_bank"] = "queue"
+    bank_momentum: float = Field(default=0.5, ge=0.0, le=1.0)  # InstDisc memory update: 0.5
     augment: AugmentConfig = AugmentConfig.moco_v2()  # MoCo v2 aug_plus
 
     @model_validator(mode="after")
@@ -71,7 +77,7 @@ def info_nce_loss(
 class MoCo(nn.Module):
     Config = MoCoConfig
 
-    def __init__(self, run_cfg: Any) -> None:
+    def __init__(self, run_cfg: Any, num_samples: int | None = None) -> None:
         super().__init__()
         cfg: MoCoConfig = run_cfg.method
         self.cfg = cfg
@@ -89,6 +95,13 @@ class MoCo(nn.Module):
         for p in self.encoder_k.parameters():
             p.requires_grad = False  # the key encoder only moves by momentum
         self.queue = FeatureQueue(cfg.queue_size, cfg.dim)
+        if cfg.dictionary == "memory_bank":
+            if num_samples is None or num_samples <= cfg.queue_size:
+                raise ValueError(
+                    f"method.dictionary memory_bank: needs more training samples ({num_samples}) "
+                    f"than sampled negatives (method.queue_size {cfg.queue_size})"
+                )
+            self.bank = MemoryBank(num_samples, cfg.dim)
         self.view_augs = (cfg.augment, cfg.augment)
         self.wants_sync_bn = cfg.bn == "sync"
 
@@ -109,11 +122,24 @@ class MoCo(nn.Module):
             k = self.encoder_k(x)
         return F.normalize(k.float(), dim=1)
 
-    def _contrast(self, x_q: torch.Tensor, x_k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _contrast(
+        self, x_q: torch.Tensor, x_k: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         q = F.normalize(self.encoder_q(x_q).float(), dim=1)  # (N, C), fp32 under autocast
-        k = self._keys(x_k)  # (N, C)
-        # clone: the queue is updated in place after this step, before backward.
-        negatives = self.queue.features.clone().detach()  # (K, C)
+        if self.cfg.dictionary == "end_to_end":
+            k = F.normalize(self.encoder_q(x_k).float(), dim=1)  # with gradient
+            k_all = dist.all_gather_with_grad(k)  # (N_global, C): the other keys are negatives
+            logits = q @ k_all.t() / self.cfg.temperature
+            target = torch.arange(q.shape[0], device=q.device) + dist.rank() * q.shape[0]
+            acc = (logits.argmax(dim=1) == target).float().mean()
+            return F.cross_entropy(logits, target), q, k, acc
+        if self.cfg.dictionary == "memory_bank":
+            k = self.bank.features[index.to(q.device)].clone()  # positive: the stored v_i
+            negatives = self.bank.sample(self.cfg.queue_size)  # (K, C)
+        else:
+            k = self._keys(x_k)  # (N, C)
+            # clone: the queue is updated in place after this step, before backward.
+            negatives = self.queue.features.clone().detach()  # (K, C)
         loss = info_nce_loss(q, k, negatives, self.cfg.temperature)
         with torch.no_grad():
             l_pos = (q * k).sum(dim=1)
@@ -122,14 +148,20 @@ class MoCo(nn.Module):
 
     def training_step(self, batch: Any) -> StepOutput:
         v1, v2 = batch.views
-        loss, q, k, acc = self._contrast(v1, v2)
-        keys = [k]
+        loss, q, k, acc = self._contrast(v1, v2, batch.index)
+        keys, queries = [k], [q]
         if self.cfg.symmetric:
-            loss2, _, k2, acc2 = self._contrast(v2, v1)
+            loss2, q2, k2, acc2 = self._contrast(v2, v1, batch.index)
             loss, acc = loss + loss2, (acc + acc2) / 2  # CIFAR demo: loss_12 + loss_21
             keys.append(k2)
-        # All workers enqueue the same gathered keys, so every worker holds the same queue.
-        self.queue.enqueue(dist.concat_all_gather(torch.cat(keys)))
+            queries.append(q2)
+        # Every worker applies the same gathered update, so all hold the same dictionary.
+        if self.cfg.dictionary == "queue":
+            self.queue.enqueue(dist.concat_all_gather(torch.cat(keys)))
+        elif self.cfg.dictionary == "memory_bank":
+            index = dist.concat_all_gather(batch.index.to(q.device))
+            feats = dist.concat_all_gather(torch.stack(queries).mean(dim=0).detach())
+            self.bank.update(index, F.normalize(feats, dim=1), self.cfg.bank_momentum)
         metrics = {"loss": loss.detach(), "pos_acc": acc, "feature_std": feature_std(q)}
         return StepOutput(loss, metrics)
 

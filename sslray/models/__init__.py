@@ -4,10 +4,11 @@ from sslray.models.backbones import build_backbone
 from sslray.models.heads import linear_head, mlp_head
 from sslray.models.momentum import copy_params_, cosine_ema_decay, ema_update_
 from sslray.models.norm import SplitBatchNorm2d
-from sslray.models.queue import FeatureQueue
+from sslray.models.queue import FeatureQueue, MemoryBank
 
 __all__ = [
     "FeatureQueue",
+    "MemoryBank",
     "SplitBatchNorm2d",
     "build_backbone",
     "copy_params_",

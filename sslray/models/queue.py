@@ -41,3 +41,32 @@ class FeatureQueue(nn.Module):
         idx = (torch.arange(b, device=keys.device) + start) % k
         self.features.index_copy_(0, idx.to(self.features.device), keys)
         self.ptr.fill_((start + b) % k)
+
+
+class MemoryBank(nn.Module):
+    """InstDisc's memory bank (Wu et al. 2018): one stored feature per training sample.
+
+    `features` (N, C) is a persistent buffer indexed by dataset index. After each step the rows
+    of the batch move towards the new features with momentum and are renormalised; negatives
+    are sampled uniformly from the whole bank.
+    """
+
+    features: torch.Tensor
+
+    def __init__(self, num_samples: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("features", F.normalize(torch.randn(num_samples, dim), dim=1))
+
+    @torch.no_grad()
+    def sample(self, k: int) -> torch.Tensor:
+        """k rows drawn uniformly with replacement: (k, C)."""
+        idx = torch.randint(self.features.shape[0], (k,), device=self.features.device)
+        return self.features[idx].clone()
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, feats: torch.Tensor, momentum: float) -> None:
+        """v_i <- normalize(m v_i + (1 - m) f_i) for dataset indices (B,) and feats (B, C)."""
+        index = index.to(self.features.device)
+        old = self.features[index]
+        new = F.normalize(momentum * old + (1 - momentum) * feats.detach().to(old.dtype), dim=1)
+        self.features.index_copy_(0, index, new)

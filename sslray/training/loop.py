@@ -80,11 +80,13 @@ class Trainer:
         steps_per_epoch: int,
         device: torch.device | str = "cpu",
         wrap: Callable[[nn.Module], nn.Module] | None = None,
+        num_samples: int | None = None,
     ) -> None:
         self.cfg, self.device, self.steps_per_epoch = cfg, torch.device(device), steps_per_epoch
         torch.manual_seed(cfg.seed)  # identical initial weights on every worker
         # An nn.Module that satisfies SSLMethod (typed Any: nn.Module has no protocol type).
-        self.method: Any = sync_bn(build_method(cfg), self.device).to(self.device)
+        method = build_method(cfg, num_samples)
+        self.method: Any = sync_bn(method, self.device).to(self.device)
         if cfg.train.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model = wrap(self.method) if wrap is not None else self.method
@@ -188,15 +190,22 @@ class Evaluator:
         return out
 
 
-def make_stream(cfg: RunConfig, trainer_views: tuple[Any, ...], world: int, rank: int,
+def load_train_split(cfg: RunConfig) -> Any:
+    """The pre-training split: in-memory arrays, or an ImageFolder read per sample."""
+    if cfg.data.dataset == "imagefolder":
+        return load_image_folder(cfg.data, "train")
+    return load_arrays(cfg.data, "train")
+
+
+def make_stream(cfg: RunConfig, data: Any, views: tuple[Any, ...], world: int, rank: int,
                 use_gpu: bool) -> ArrayStream | FileStream:
     per_worker = cfg.train.batch_size // world
     if cfg.data.dataset == "imagefolder":
         mean, std = dataset_stats("imagefolder")
-        tfs = tuple(torchvision_views(a, image_size(cfg.data), mean, std) for a in trainer_views)
-        return FileStream(load_image_folder(cfg.data, "train"), tfs, per_worker, world, rank,
-                          cfg.seed, cfg.data.loader_workers, pin_memory=use_gpu)
-    return ArrayStream(load_arrays(cfg.data, "train"), per_worker, world, rank, cfg.seed)
+        tfs = tuple(torchvision_views(a, image_size(cfg.data), mean, std) for a in views)
+        return FileStream(data, tfs, per_worker, world, rank, cfg.seed,
+                          cfg.data.loader_workers, pin_memory=use_gpu)
+    return ArrayStream(data, per_worker, world, rank, cfg.seed)
 
 
 def fit(
@@ -221,8 +230,9 @@ def fit(
             f"train.batch_size {cfg.train.batch_size} is not divisible by {world} workers"
         )
     device = torch.device(device)
-    trainer = Trainer(cfg, 1, device, wrap)
-    stream = make_stream(cfg, trainer.method.view_augs, world, rank, device.type == "cuda")
+    data = load_train_split(cfg)
+    trainer = Trainer(cfg, 1, device, wrap, num_samples=len(data))
+    stream = make_stream(cfg, data, trainer.method.view_augs, world, rank, device.type == "cuda")
     trainer.steps_per_epoch = stream.steps_per_epoch
     if resume is not None:
         trainer.load_state_dict(resume)
