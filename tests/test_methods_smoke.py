@@ -64,3 +64,15 @@ def test_byol_without_head_bn_has_none():
     model = BYOL(tiny_config(method={**SMOKE_METHOD["byol"], "bn": "none"}))
     heads = list(model.projector.modules()) + list(model.predictor.modules())
     assert not any(isinstance(m, nn.BatchNorm1d) for m in heads)
+
+
+@pytest.mark.parametrize("name", ["fmnist_moco_v2", "fmnist_moco_v1", "fmnist_byol"])
+def test_builtin_cpu_configs_smoke_train(name):
+    from sslray.config import load_config
+    from sslray.data.datasets import DEBIAN_FASHION_MNIST
+
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip("dataset-fashion-mnist not installed")
+    cfg = load_config(name, ["resources.workers=0"]).smoke()
+    metrics = fit(cfg, verbose=False)
+    assert math.isfinite(metrics["train/loss"]) and "eval/linear_fast_top1" in metrics
