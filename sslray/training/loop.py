@@ -156,7 +156,8 @@ class Evaluator:
     split is queried. Features are extracted once per evaluation and shared by both protocols.
     """
 
-    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+    def __init__(self, cfg: RunConfig, device: torch.device, train: Any = None) -> None:
+        """`train`: the already-loaded pre-training arrays, reused when they are labelled."""
         self.cfg, self.device = cfg, device
         self.mean, self.std = dataset_stats(cfg.data.dataset)
         self.size = image_size(cfg.data)
@@ -166,7 +167,8 @@ class Evaluator:
                                             load_image_folder(cfg.data, "test"))
             self.num_classes = len(self.splits[0].classes)
         else:
-            train = load_arrays(cfg.data, "train", labeled=True)
+            if train is None or cfg.data.dataset == "stl10":  # STL-10 pre-trains on unlabelled
+                train = load_arrays(cfg.data, "train", labeled=True)
             self.splits = (train, load_arrays(cfg.data, "test"))
             self.num_classes = train.num_classes
 
@@ -236,7 +238,7 @@ def fit(
     trainer.steps_per_epoch = stream.steps_per_epoch
     if resume is not None:
         trainer.load_state_dict(resume)
-    evaluator = Evaluator(cfg, device) if rank == 0 else None
+    evaluator = Evaluator(cfg, device, train=data) if rank == 0 else None
     if evaluator is not None and cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
         # The random-init baseline of the same backbone, kept in the checkpoint for resumes.
         trainer.extra.update(evaluator(trainer.method.feature_encoder(), suffix="_init"))
