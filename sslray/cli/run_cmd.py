@@ -32,7 +32,9 @@ def add_parser(sub: Any) -> None:
     add_config_arguments(p)
     p.add_argument("--workers", type=int, default=None,
                    help="Ray Train workers (overrides resources.workers; 0 = local mode)")
-    p.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch: checks the path")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny subset, 1 epoch: checks the whole path in seconds "
+                   "(writes runs/<name>-smoke, replaced on every smoke run)")
     p.add_argument("--output", default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: start a local Ray on this machine)")
