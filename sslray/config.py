@@ -63,6 +63,10 @@ class EvalConfig(StrictModel):
     every_n_epochs: int = Field(default=0, ge=0)  # kNN monitor every n epochs; 0: only at the end
     at_init: bool = True  # also evaluate the random-init backbone (the baseline every table needs)
     linear_fast: bool = True  # the fast linear probe on the same cached features
+    # MoCo's linear protocol through the frozen network at the end of the run (main_lincls.py:
+    # 100 epochs, lr 30); 0 skips it (CPU configs: the fast probe is the cheap stand-in).
+    linear_paper_epochs: int = Field(default=0, ge=0)
+    linear_paper_lr: float = Field(default=30.0, gt=0)  # MoCo main_lincls.py: lr 30, wd 0
     batch_size: int = Field(default=512, ge=1)  # feature extraction batch
 
 
@@ -92,6 +96,11 @@ class RunConfig(StrictModel):
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) must be divisible by "
                 f"resources.workers ({workers}): each worker takes an equal share"
+            )
+        if self.data.dataset == "imagefolder" and self.eval.linear_paper_epochs:
+            raise ValueError(
+                "eval.linear_paper_epochs: the paper linear protocol reads in-memory datasets "
+                "only so far; set it to 0 for imagefolder (the fast probe still runs)"
             )
         queue = getattr(self.method, "queue_size", None)
         dictionary = getattr(self.method, "dictionary", "queue")

@@ -91,3 +91,8 @@ def test_derived_values():
                                 method={"name": "moco", "queue_size": 1024}))
     assert cfg.effective_lr == pytest.approx(0.06)  # 0.03 * 512 / 256
     assert RunConfig.model_validate_json(cfg.to_json()) == cfg
+
+
+def test_paper_probe_on_image_folders_is_refused_up_front():
+    with pytest.raises(ConfigError, match="eval.linear_paper_epochs"):
+        validate_raw(tiny_raw(data={"dataset": "imagefolder"}, eval={"linear_paper_epochs": 5}))

@@ -77,3 +77,31 @@ def test_linear_probe_fast_matches_sklearn_on_noisy_data():
     ref = LogisticRegression(C=1.0 / (2 * 1e-4 * 600), max_iter=2000).fit(
         ((x - mu) / sd).numpy(), y.numpy()).score(((xt - mu) / sd).numpy(), yt.numpy())
     assert abs(ours - ref) <= 0.02
+
+
+def test_linear_probe_paper_leaves_the_encoder_untouched_and_learns():
+    from sslray.config_types import BackboneConfig
+    from sslray.data.datasets import make_synthetic
+    from sslray.eval.linear import linear_probe_paper
+    from sslray.models import build_backbone
+
+    torch.manual_seed(0)
+    encoder = build_backbone(BackboneConfig(arch="small_resnet", width=8, blocks=(1, 1)))
+    encoder.train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    train, test = make_synthetic(256, 4, 16, seed=1), make_synthetic(64, 4, 16, seed=2)
+    out = linear_probe_paper(encoder, train, test, 16, (0.5,) * 3, (0.25,) * 3, epochs=10,
+                             lr=1.0, batch_size=32)
+    assert out["top1"] > 0.25 and "top5" not in out  # above chance; 4 classes: no top-5
+    assert encoder.training  # mode restored
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BN statistics frozen
+
+
+def test_run_reports_the_paper_probe_when_asked():
+    from sslray.training.loop import fit
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(train={"epochs": 1}, eval={"linear_paper_epochs": 2, "linear_paper_lr": 1.0})
+    metrics = fit(cfg, verbose=False)
+    assert 0.0 <= metrics["eval/linear_paper_top1"] <= 1.0

@@ -22,7 +22,7 @@ from sslray.data.loaders import ArrayStream, Batch, FileStream
 from sslray.data.views import BatchedViews, torchvision_views
 from sslray.eval.features import extract_features, extract_folder_features
 from sslray.eval.knn import knn_top1
-from sslray.eval.linear import linear_probe_fast
+from sslray.eval.linear import linear_probe_fast, linear_probe_paper
 from sslray.methods import build_method
 from sslray.training.optim import build_optimizer
 from sslray.training.progress import EpochProgress
@@ -180,6 +180,20 @@ class Evaluator:
         feats = extract_features(encoder, data, self.size, self.mean, self.std, bs, self.device)
         return feats, data.labels
 
+    def linear_paper(self, encoder: nn.Module) -> dict[str, float]:
+        """MoCo's linear protocol through the frozen encoder (in-memory datasets)."""
+        if self.files:
+            raise ValueError(
+                "eval.linear_paper_epochs: the paper protocol reads in-memory datasets; for image "
+                "folders use the fast probe (eval.linear_paper_epochs=0)"
+            )
+        train, test = self.splits
+        e = self.cfg.eval
+        out = linear_probe_paper(encoder, train, test, self.size, self.mean, self.std,
+                                 epochs=e.linear_paper_epochs, lr=e.linear_paper_lr,
+                                 device=self.device, seed=self.cfg.seed)
+        return {f"eval/linear_paper_{k}": v for k, v in out.items()}
+
     def __call__(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
         e = self.cfg.eval
         (train_x, train_y), (test_x, test_y) = (self.features(encoder, s) for s in self.splits)
@@ -275,6 +289,8 @@ def fit(
         every = cfg.eval.every_n_epochs
         if evaluator is not None and (last or (every and (epoch + 1) % every == 0)):
             metrics.update(evaluator(trainer.method.feature_encoder()))
+        if evaluator is not None and last and cfg.eval.linear_paper_epochs:
+            metrics.update(evaluator.linear_paper(trainer.method.feature_encoder()))
         metrics.update(trainer.extra)
         progress.end_epoch(metrics)
         if on_epoch_end is not None:
