@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
 def summary(cfg: RunConfig, metrics: dict[str, float], wall_s: float) -> str:
     lines = [f"done in {wall_s / 60:.1f} min ({wall_s:.0f} s wall)"]
     columns = [(k, title) for k, title in (("eval/knn_top1", "kNN top-1"),
-                                           ("eval/linear_fast_top1", "linear (fast) top-1"))
+                                           ("eval/linear_fast_top1", "linear (fast) top-1"),
+                                           ("eval/linear_paper_top1", "linear (paper) top-1"))
                if k in metrics]
     if not columns:
         return lines[0]
@@ -121,12 +122,13 @@ def summary(cfg: RunConfig, metrics: dict[str, float], wall_s: float) -> str:
     lines.append(f"{cfg.data.dataset} test split; kNN k={e.knn_k} T={e.knn_temperature}")
     lines.append(f"  {'':<12}" + "".join(f"{title:>22}" for _, title in columns))
     rows: list[tuple[str, str]] = [(cfg.method.name, "")]
-    if all(k + "_init" in metrics for k, _ in columns):
+    if "eval/knn_top1_init" in metrics:
         rows.append(("random init", "_init"))
     for label, suffix in rows:
-        cells = "".join(f"{metrics[k + suffix]:>22.4f}" for k, _ in columns)
+        cells = "".join(f"{metrics[k + suffix]:>22.4f}" if k + suffix in metrics else f"{'-':>22}"
+                        for k, _ in columns)
         lines.append(f"  {label:<12}{cells}")
-    if len(rows) == 2:
+    if len(rows) == 2 and "eval/knn_top1" in metrics:
         gain = metrics["eval/knn_top1"] - metrics["eval/knn_top1_init"]
         lines.append(f"  pre-training adds {gain * 100:+.1f} kNN points over random init")
     return "\n".join(lines)
