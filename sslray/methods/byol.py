@@ -5,7 +5,6 @@ Reference: google-deepmind/deepmind-research byol/ (f5de0ede): byol_experiment.p
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import torch
@@ -15,7 +14,7 @@ from torch import nn
 
 from sslray.config_types import AugmentConfig, StrictModel
 from sslray.methods.protocol import StepOutput, feature_std
-from sslray.models import build_backbone, copy_params_, cosine_ema_decay, ema_update_, mlp_head
+from sslray.models import build_backbone, cosine_ema_decay, ema_update_, mlp_head, momentum_copy
 
 # BYOL's asymmetric views (paper, Table 6): colour jitter 0.4/0.4/0.2/0.1 with p 0.8, grayscale
 # 0.2, crop scale 0.08-1; blur p 1.0 / 0.1 and solarize p 0 / 0.2 for view 1 / view 2.
@@ -66,10 +65,7 @@ class BYOL(nn.Module):
             else nn.Identity()
         )
         self.online = nn.Sequential(self.backbone, self.projector)
-        self.target = copy.deepcopy(self.online)  # EMA of backbone + projector
-        copy_params_(self.target, self.online)
-        for p in self.target.parameters():
-            p.requires_grad = False
+        self.target = momentum_copy(self.online)  # EMA of backbone + projector
         self.view_augs = (cfg.augment_1, cfg.augment_2)
         self.wants_sync_bn = cfg.bn == "sync"
 

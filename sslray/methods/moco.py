@@ -5,7 +5,6 @@ Reference: facebookresearch/moco@7397dfe1 (moco/builder.py, main_moco.py).
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import torch
@@ -20,10 +19,10 @@ from sslray.models import (
     FeatureQueue,
     MemoryBank,
     build_backbone,
-    copy_params_,
     ema_update_,
     linear_head,
     mlp_head,
+    momentum_copy,
 )
 from sslray.models.norm import norm_layer
 
@@ -90,10 +89,7 @@ class MoCo(nn.Module):
         )
         self.backbone = backbone
         self.encoder_q = nn.Sequential(backbone, head)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        copy_params_(self.encoder_k, self.encoder_q)
-        for p in self.encoder_k.parameters():
-            p.requires_grad = False  # the key encoder only moves by momentum
+        self.encoder_k = momentum_copy(self.encoder_q)  # the key encoder moves only by momentum
         self.queue = FeatureQueue(cfg.queue_size, cfg.dim)
         if cfg.dictionary == "memory_bank":
             if num_samples is None or num_samples <= cfg.queue_size:

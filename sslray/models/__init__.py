@@ -2,7 +2,7 @@
 
 from sslray.models.backbones import build_backbone
 from sslray.models.heads import linear_head, mlp_head
-from sslray.models.momentum import copy_params_, cosine_ema_decay, ema_update_
+from sslray.models.momentum import copy_params_, cosine_ema_decay, ema_update_, momentum_copy
 from sslray.models.norm import SplitBatchNorm2d
 from sslray.models.queue import FeatureQueue, MemoryBank
 
@@ -16,4 +16,5 @@ __all__ = [
     "ema_update_",
     "linear_head",
     "mlp_head",
+    "momentum_copy",
 ]

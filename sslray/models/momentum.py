@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -29,6 +30,15 @@ def ema_update_(target: nn.Module, online: nn.Module, decay: float) -> None:
 def copy_params_(target: nn.Module, online: nn.Module) -> None:
     """Initialise a momentum encoder from the online one (MoCo: param_k.data.copy_(param_q))."""
     ema_update_(target, online, 0.0)
+
+
+def momentum_copy(online: nn.Module) -> nn.Module:
+    """A frozen copy of `online`, moved only by `ema_update_` (MoCo key encoder, BYOL target)."""
+    target = copy.deepcopy(online)
+    copy_params_(target, online)
+    for p in target.parameters():
+        p.requires_grad = False
+    return target
 
 
 def cosine_ema_decay(base: float, progress: float) -> float:
