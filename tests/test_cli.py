@@ -54,8 +54,8 @@ def test_run_local_mode_writes_config_and_result_and_never_overwrites(tmp_path: 
     run_dir = tmp_path / "run"
     out = sslray("run", str(cfg), "--workers", "0", "--output", str(run_dir))
     assert out.returncode == 0, out.stderr
-    for text in ("kNN top-1", "random init", "linear (fast)"):
-        assert text in out.stdout
+    for text in ("kNN top-1", "random init", "linear (fast)", "epoch 1/1 | "):
+        assert text in out.stdout  # the per-epoch progress line and the summary table
     resolved = json.loads((run_dir / "config.json").read_text())
     assert resolved["config"]["method"]["queue_size"] == 64
     assert resolved["derived"]["effective_lr"] == pytest.approx(0.05 * 32 / 256)
@@ -74,3 +74,14 @@ def test_resume_with_other_config_is_refused(tmp_path: Path):
     (run_dir / "config.json").write_text(json.dumps({"config": {"seed": 5}}))
     out = sslray("run", "fmnist_moco_v2", "--output", str(run_dir), "--resume")
     assert out.returncode == 2 and "different config" in out.stderr
+
+
+def test_progress_prints_one_line_per_epoch_when_not_a_terminal(capsys):
+    from sslray.training.progress import EpochProgress
+
+    p = EpochProgress(epochs=3, steps=10)
+    p.step(0, 5, 1.0)  # not a TTY under pytest: no live bar
+    p.end_epoch({"epoch": 1.0, "train/loss": 2.5, "eval/knn_top1": 0.75})
+    assert capsys.readouterr().out == "epoch 1/3 | loss 2.5 | knn_top1 0.75\n"
+    EpochProgress(epochs=3, steps=10, enabled=False).end_epoch({"epoch": 2.0})
+    assert capsys.readouterr().out == ""  # other ranks stay quiet
