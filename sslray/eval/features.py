@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,6 +13,17 @@ from torchvision.transforms import v2
 
 from sslray.data.datasets import ImageArrays
 from sslray.data.views import eval_transform
+
+
+@contextmanager
+def frozen(encoder: nn.Module) -> Iterator[nn.Module]:
+    """The encoder in eval mode (BN running statistics, no updates); its mode is restored after."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        yield encoder
+    finally:
+        encoder.train(was_training)
 
 
 @torch.no_grad()
@@ -27,15 +40,11 @@ def extract_features(
 
     The encoder's train/eval mode is restored afterwards.
     """
-    was_training = encoder.training
-    encoder.eval()
     out = []
-    try:
+    with frozen(encoder):
         for start in range(0, len(data), batch_size):
             x = data.images[start : start + batch_size].to(device, non_blocking=True)
             out.append(encoder(eval_transform(x, size, mean, std)).float().cpu())
-    finally:
-        encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
@@ -61,13 +70,9 @@ def extract_folder_features(
     """(N, D) features and (N,) labels of an image-file dataset (torchvision ImageFolder)."""
     folder.transform = folder_eval_transform(size, mean, std)
     loader = DataLoader(folder, batch_size=batch_size, num_workers=num_workers)
-    was_training = encoder.training
-    encoder.eval()
     feats, labels = [], []
-    try:
+    with frozen(encoder):
         for x, y in loader:
             feats.append(encoder(x.to(device, non_blocking=True)).float().cpu())
             labels.append(y)
-    finally:
-        encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)

@@ -16,7 +16,7 @@ from torch import nn
 from sslray.config_types import AugmentConfig
 from sslray.data.datasets import ImageArrays
 from sslray.data.views import BatchedViews
-from sslray.eval.features import extract_features
+from sslray.eval.features import extract_features, frozen
 
 # L2 penalty on the weights, chosen for standardised features (sklearn's default C=1 scaled
 # per sample is about 1e-4 at 10k samples): enough to keep L-BFGS finite on separable data.
@@ -90,35 +90,36 @@ def linear_probe_paper(
     The encoder is not modified: it runs in eval mode (BN running statistics frozen) under
     no_grad, and its train/eval mode is restored afterwards.
     """
-    was_training = encoder.training
-    encoder.eval()
     views = BatchedViews((PAPER_AUGMENT,), size, mean, std)
-    dim = extract_features(encoder, test.subset(1, 0), size, mean, std, 1, device).shape[1]
-    head = nn.Linear(dim, train.num_classes).to(device)
-    nn.init.normal_(head.weight, std=0.01)  # main_lincls.py: normal(0, 0.01), zero bias
-    nn.init.zeros_(head.bias)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    batch_size = min(batch_size, len(train))  # a set smaller than one batch still trains
     milestones = (int(0.6 * epochs), int(0.8 * epochs))  # 60 and 80 of 100
     g = torch.Generator().manual_seed(seed)
-    try:
+    with frozen(encoder):
+        head: nn.Linear | None = None  # sized by the first batch's features
+        opt: torch.optim.SGD | None = None
         for epoch in range(epochs):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
             order = torch.randperm(len(train), generator=g)
             for start in range(0, len(train) - batch_size + 1, batch_size):
                 idx = order[start : start + batch_size]
                 (x,) = views(train.images[idx].to(device))
                 with torch.no_grad():
                     feats = encoder(x).float()
+                if head is None or opt is None:
+                    head = nn.Linear(feats.shape[1], train.num_classes).to(device)
+                    nn.init.normal_(head.weight, std=0.01)  # main_lincls.py: N(0, 0.01), zero bias
+                    nn.init.zeros_(head.bias)
+                    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
                 loss = F.cross_entropy(head(feats), train.labels[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+        if head is None:
+            raise ValueError("linear_probe_paper: no training images (or epochs=0)")
         test_feats = extract_features(encoder, test, size, mean, std, 512, device).to(device)
         with torch.no_grad():
             logits = head(test_feats).cpu()
-    finally:
-        encoder.train(was_training)
     out = {"top1": topk_accuracy(logits, test.labels, 1)}
     if train.num_classes > 5:
         out["top5"] = topk_accuracy(logits, test.labels, 5)

@@ -182,11 +182,7 @@ class Evaluator:
 
     def linear_paper(self, encoder: nn.Module) -> dict[str, float]:
         """MoCo's linear protocol through the frozen encoder (in-memory datasets)."""
-        if self.files:
-            raise ValueError(
-                "eval.linear_paper_epochs: the paper protocol reads in-memory datasets; for image "
-                "folders use the fast probe (eval.linear_paper_epochs=0)"
-            )
+        assert not self.files, "RunConfig refuses linear_paper_epochs for image folders"
         train, test = self.splits
         e = self.cfg.eval
         out = linear_probe_paper(encoder, train, test, self.size, self.mean, self.std,
