@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from sslray.config_types import AugmentConfig, BackboneConfig, DataConfig, StrictModel
+from sslray.config_types import (
+    AugmentConfig,
+    BackboneConfig,
+    DataConfig,
+    DatasetName,
+    StrictModel,
+)
 from sslray.methods import METHOD_CONFIGS, MethodConfig
 
 __all__ = [
@@ -68,6 +75,10 @@ class EvalConfig(StrictModel):
     linear_paper_epochs: int = Field(default=0, ge=0)
     linear_paper_lr: float = Field(default=30.0, gt=0)  # MoCo main_lincls.py: lr 30, wd 0
     batch_size: int = Field(default=512, ge=1)  # feature extraction batch
+    # Transfer: the frozen encoder's kNN and fast linear probe on other labelled datasets, resized
+    # to the pre-training image size (metrics transfer/<dataset>/...). Chosen: digits, bundled
+    # with scikit-learn, is the offline second dataset for Fashion-MNIST runs.
+    transfer: tuple[DatasetName, ...] = ()
 
 
 class ResourcesConfig(StrictModel):
@@ -102,6 +113,12 @@ class RunConfig(StrictModel):
                 "eval.linear_paper_epochs: the paper linear protocol reads in-memory datasets "
                 "only so far; set it to 0 for imagefolder (the fast probe still runs)"
             )
+        for name in self.eval.transfer:
+            if name in ("imagefolder", "synthetic") or name == self.data.dataset:
+                raise ValueError(
+                    f"eval.transfer: {name!r} cannot be a transfer dataset (use another "
+                    f"labelled in-memory dataset than data.dataset, e.g. digits or mnist)"
+                )
         queue = getattr(self.method, "queue_size", None)
         dictionary = getattr(self.method, "dictionary", "queue")
         if queue is not None and dictionary == "queue" and queue % self.train.batch_size:
@@ -207,6 +224,39 @@ def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> list[s
     return problems
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that reads `1e-3` as a float (PyYAML's YAML 1.1 rules need `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(stream: Any) -> Any:
+    """Safe YAML with floats as users write them (`1e-3`); no Python object construction."""
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
+    """Set `raw[a][b][c] = value` for key `a.b.c`, creating sections; in place."""
+    node = raw
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(source, [f"{key}: '{where}' is a value, not a section"])
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=c` overrides to a raw config dict (values parsed as YAML: 3, 0.1, [1, 2])."""
     out = json.loads(json.dumps(raw))  # deep copy; the input is never mutated
@@ -215,19 +265,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key.strip():
             raise ConfigError("--set", [f"'{item}': expected key=value, e.g. train.epochs=10"])
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = yaml_load(text) if text.strip() else ""
         except yaml.YAMLError as exc:
             problem = f"{key}: value {text!r} is not valid YAML ({exc})"
             raise ConfigError("--set", [problem]) from exc
-        node = out
-        parts = key.strip().split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError("--set", [f"{key}: '{where}' is a value, not a section"])
-            node = child
-        node[parts[-1]] = value
+        set_path(out, key, value)
     return out
 
 
@@ -264,7 +306,7 @@ def resolve_config_path(spec: str) -> Path:
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = yaml_load(f)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

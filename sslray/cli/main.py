@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sslray.cli import ls_cmd, run_cmd, validate_cmd
+from sslray.cli import ls_cmd, run_cmd, sweep_cmd, table_cmd, validate_cmd
 
-COMMANDS = {"ls": ls_cmd, "validate": validate_cmd, "run": run_cmd}
+COMMANDS = {
+    "ls": ls_cmd, "validate": validate_cmd, "run": run_cmd, "sweep": sweep_cmd,
+    "table": table_cmd,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from sslray.cli.common import add_config_arguments, guarded
-from sslray.config import load_config
+from sslray.config import ConfigError, load_config, read_yaml
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "validate",
-        help="check a run config and print what it would run",
-        description="Validate a run config (YAML path or built-in name) and its --set overrides. "
-        "Exits 2 with the dotted key path of every problem.",
-        epilog="example: sslray validate fmnist_moco_v2 --set method.queue_size=8192",
+        help="check a run config or a sweep file and print what it would run",
+        description="Validate a run config (YAML path or built-in name) and its --set overrides, "
+        "or a sweep file (every trial expanded and validated; prints the trial count and the "
+        "resources it needs). Exits 2 with the dotted key path of every problem.",
+        epilog="examples:\n"
+        "  sslray validate fmnist_moco_v2 --set method.queue_size=8192\n"
+        "  sslray validate sweeps/moco_momentum.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(p)
@@ -44,7 +48,27 @@ def describe(cfg: Any) -> str:
     ])
 
 
+def _sweep_file(spec: str) -> bool:
+    """A sweep file (grid/variants/seeds/base at the top level), or a name from sweeps/."""
+    from sslray.sweep.spec import SWEEPS_DIR, is_sweep_file
+
+    path = Path(spec)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return is_sweep_file(read_yaml(path))
+    return not path.exists() and (SWEEPS_DIR / f"{spec}.yaml").is_file()
+
+
 def run(args: argparse.Namespace) -> int:
+    if _sweep_file(args.config):
+        from sslray.sweep.spec import describe_sweep, expand, load_sweep
+
+        if args.overrides:
+            raise ConfigError(args.config, ["--set applies to run configs; put sweep-wide "
+                                            "overrides under `set:` in the sweep file"])
+        spec = load_sweep(args.config)
+        print(describe_sweep(spec, expand(spec, smoke=args.smoke)))
+        print("ok")
+        return 0
     cfg = load_config(args.config, args.overrides)
     if args.smoke:
         cfg = cfg.smoke()

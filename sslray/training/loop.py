@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sslray import distributed as dist
-from sslray.config import RunConfig
+from sslray.config import DataConfig, RunConfig
 from sslray.data.datasets import dataset_stats, image_size, load_arrays, load_image_folder
 from sslray.data.loaders import ArrayStream, Batch, FileStream
 from sslray.data.views import BatchedViews, torchvision_views
@@ -190,15 +190,40 @@ class Evaluator:
                                  device=self.device, seed=self.cfg.seed)
         return {f"eval/linear_paper_{k}": v for k, v in out.items()}
 
-    def __call__(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
+    def _protocols(self, feats: tuple[Any, ...], num_classes: int, prefix: str,
+                   suffix: str) -> dict[str, float]:
+        """kNN (+ the fast linear probe) on cached (train_x, train_y, test_x, test_y)."""
         e = self.cfg.eval
-        (train_x, train_y), (test_x, test_y) = (self.features(encoder, s) for s in self.splits)
-        out = {f"eval/knn_top1{suffix}": knn_top1(
-            train_x, train_y, test_x, test_y, k=e.knn_k, temperature=e.knn_temperature,
-            num_classes=self.num_classes)}
+        train_x, train_y, test_x, test_y = feats
+        out = {f"{prefix}knn_top1{suffix}": knn_top1(
+            train_x, train_y, test_x, test_y, k=min(e.knn_k, len(train_y)),
+            temperature=e.knn_temperature, num_classes=num_classes)}
         if e.linear_fast:
-            probe = linear_probe_fast(train_x, train_y, test_x, test_y, self.num_classes)
-            out.update({f"eval/linear_fast_{k}{suffix}": v for k, v in probe.items()})
+            probe = linear_probe_fast(train_x, train_y, test_x, test_y, num_classes)
+            out.update({f"{prefix}linear_fast_{k}{suffix}": v for k, v in probe.items()})
+        return out
+
+    def __call__(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
+        (train_x, train_y), (test_x, test_y) = (self.features(encoder, s) for s in self.splits)
+        return self._protocols((train_x, train_y, test_x, test_y), self.num_classes,
+                               "eval/", suffix)
+
+    def transfer(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
+        """The frozen encoder on each `eval.transfer` dataset: transfer/<name>/knn_top1, ...
+
+        Images are resized to the pre-training size and normalised with their own statistics.
+        """
+        out: dict[str, float] = {}
+        bs = self.cfg.eval.batch_size
+        for name in self.cfg.eval.transfer:
+            data_cfg = DataConfig(dataset=name, image_size=self.size)
+            mean, std = dataset_stats(name)
+            train = load_arrays(data_cfg, "train", labeled=True)
+            test = load_arrays(data_cfg, "test")
+            train_x = extract_features(encoder, train, self.size, mean, std, bs, self.device)
+            test_x = extract_features(encoder, test, self.size, mean, std, bs, self.device)
+            out.update(self._protocols((train_x, train.labels, test_x, test.labels),
+                                       train.num_classes, f"transfer/{name}/", suffix))
         return out
 
 
@@ -251,7 +276,9 @@ def fit(
     evaluator = Evaluator(cfg, device, train=data) if rank == 0 else None
     if evaluator is not None and cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
         # The random-init baseline of the same backbone, kept in the checkpoint for resumes.
-        trainer.extra.update(evaluator(trainer.method.feature_encoder(), suffix="_init"))
+        encoder = trainer.method.feature_encoder()
+        trainer.extra.update(evaluator(encoder, suffix="_init"))
+        trainer.extra.update(evaluator.transfer(encoder, suffix="_init"))
     progress = EpochProgress(
         cfg.train.epochs, stream.steps_per_epoch, enabled=verbose and rank == 0
     )
@@ -285,8 +312,16 @@ def fit(
         every = cfg.eval.every_n_epochs
         if evaluator is not None and (last or (every and (epoch + 1) % every == 0)):
             metrics.update(evaluator(trainer.method.feature_encoder()))
-        if evaluator is not None and last and cfg.eval.linear_paper_epochs:
-            metrics.update(evaluator.linear_paper(trainer.method.feature_encoder()))
+        if evaluator is not None and last:
+            metrics.update(evaluator.transfer(trainer.method.feature_encoder()))
+            if cfg.eval.linear_paper_epochs:
+                metrics.update(evaluator.linear_paper(trainer.method.feature_encoder()))
+        # Cost, kept across resumes: wall seconds of training + evaluation, and device-hours
+        # (workers x GPUs per worker, or x CPUs per worker on CPU runs).
+        trainer.extra["wall_s"] = trainer.extra.get("wall_s", 0.0) + time.perf_counter() - start
+        res = cfg.resources
+        per_worker = res.gpus_per_worker if device.type == "cuda" else res.cpus_per_worker
+        trainer.extra["device_hours"] = trainer.extra["wall_s"] * world * per_worker / 3600
         metrics.update(trainer.extra)
         progress.end_epoch(metrics)
         if on_epoch_end is not None:

@@ -13,7 +13,8 @@ import os
 import signal
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import ray.train
@@ -23,6 +24,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.config import LoggingConfig
 
 from sslray.config import RunConfig
+from sslray.storage import Location, location
 from sslray.training.checkpoint import STATE_FILE, load_state, save_state
 from sslray.training.loop import Trainer, fit
 
@@ -85,17 +87,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         )
 
     metrics = fit(cfg, device=ray.train.torch.get_device(), wrap=wrap, resume=resume,
-                  on_epoch_end=on_epoch_end, verbose=rank == 0)
+                  on_epoch_end=on_epoch_end,
+                  verbose=rank == 0 and config.get("verbose", True))
     return {**metrics, "train/resumed_from_epoch": resumed_from}
 
 
-def run_training(cfg: RunConfig, run_dir: Path) -> dict[str, float]:
+def run_training(
+    cfg: RunConfig,
+    run_dir: str | Path | Location,
+    *,
+    callbacks: Sequence[Any] = (),
+    verbose: bool = True,
+) -> dict[str, float]:
     """Run one pre-training run as a Ray Train job; checkpoints and results go to `run_dir`.
 
-    Re-running with the same `run_dir` resumes from its latest checkpoint (Train V2 restores a
-    run by storage path + name). `cfg.resources.workers == 0` uses Ray Train local mode.
+    `run_dir`: a local path, a URI (s3://bucket/runs/x) or a `Location`. Re-running with the same
+    `run_dir` resumes from its latest checkpoint (Train V2 restores a run by storage path + name).
+    `cfg.resources.workers == 0` uses Ray Train local mode; `verbose=False` silences the
+    per-epoch progress lines (a sweep shows Tune's table instead). `callbacks`: Ray Train callbacks
+    (a sweep passes Tune's `TuneReportCallback`, so every epoch report becomes a Tune result).
     """
-    run_dir = run_dir.resolve()
+    loc = run_dir if isinstance(run_dir, Location) else location(run_dir)
+    parent = str(PurePosixPath(loc.path).parent)
     res = cfg.resources
     per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
     if res.use_gpu:
@@ -104,19 +117,22 @@ def run_training(cfg: RunConfig, run_dir: Path) -> dict[str, float]:
         train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={
             "cfg": cfg.model_dump_json(),
-            "run_dir": str(run_dir),
-            "fault": os.environ.get(FAULT_ENV),  # read here: workers do not see the driver's env
+            "run_dir": loc.path,
+            "fault": os.environ.get(FAULT_ENV),
+            "verbose": verbose,  # read here: workers do not see the driver's env
         },
         scaling_config=ScalingConfig(
             num_workers=res.workers, use_gpu=res.use_gpu,
             resources_per_worker=per_worker if res.workers > 0 else None,
         ),
         run_config=ray.train.RunConfig(
-            name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            name=loc.name,
+            storage_path=parent,
+            storage_filesystem=None if loc.is_local else loc.fs,
             failure_config=FailureConfig(max_failures=res.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
+            callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()
@@ -124,6 +140,5 @@ def run_training(cfg: RunConfig, run_dir: Path) -> dict[str, float]:
     returned = getattr(result, "return_value", None)  # rank 0's return value (Train V2)
     if not metrics and isinstance(returned, dict):
         metrics = dict(returned)  # local mode: no persisted checkpoint
-    with open(run_dir / "result.json", "a") as f:
-        f.write(json.dumps(metrics, sort_keys=True) + "\n")
+    loc.append_line(json.dumps(metrics, sort_keys=True), "result.json")
     return metrics

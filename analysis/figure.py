@@ -1,0 +1,119 @@
+"""Figures for the tables whose paper draws one (MoCo Fig. 3: accuracy vs. dictionary size).
+
+Mean over seeds per (series, x), error bars = sample std over seeds, one line per series value;
+the random-init level as a dashed line when the spec has an init row. matplotlib is imported
+here, lazily and with the Agg backend, so `import analysis` stays light and works headless.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.table import Table
+from analysis.values import fmt_value, lookup, norm_value
+
+__all__ = ["save_figure"]
+
+FORMATS = ("png", "svg")
+
+
+def _series_points(trials: pd.DataFrame, x: str, y: str, scale: float) -> list[tuple[Any, float,
+                                                                                     float]]:
+    """[(x raw, mean, std)] sorted by x; std 0 where a point has a single trial."""
+    values = pd.to_numeric(trials[y], errors="coerce") * scale
+    frame = pd.DataFrame({"k": trials[x].map(lambda v: repr(norm_value(v))), "x": trials[x],
+                          "y": values}).dropna(subset=["y"])
+    points = []
+    for _, group in frame.groupby("k"):
+        ys = group["y"]
+        std = float(ys.std(ddof=1)) if len(ys) > 1 else 0.0
+        points.append((group["x"].iloc[0], float(ys.mean()), std))
+    return sorted(points, key=lambda p: norm_value(p[0]))
+
+
+def save_figure(table: Table, directory: str | Path) -> list[Path]:
+    """Draw the spec's figure into `directory/<spec>.png` and `.svg`; [] when the spec has none.
+
+    Each file is written to a temporary name and renamed, so an interrupted run never leaves a
+    truncated figure behind.
+    """
+    fig_spec = table.spec.figure
+    if fig_spec is None:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a cluster head node or in CI
+    import matplotlib.pyplot as plt
+
+    spec = table.spec
+    trials = table.trials
+    metric = spec.metric_spec(fig_spec.y)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    if fig_spec.x in trials.columns and fig_spec.y in trials.columns:
+        if fig_spec.series and fig_spec.series in trials.columns:
+            keys = {repr(norm_value(v)): v for v in trials[fig_spec.series].dropna()}
+            groups = [
+                (v, trials[trials[fig_spec.series].map(lambda s, k=k: repr(norm_value(s)) == k)])
+                for k, v in sorted(keys.items(), key=lambda kv: norm_value(kv[1]))
+            ]
+        else:
+            groups = [(None, trials)]
+        all_x = sorted({norm_value(v) for v in trials[fig_spec.x].dropna()})
+        for value, group in groups:
+            points = _series_points(group, fig_spec.x, fig_spec.y, metric.scale)
+            if not points:
+                continue
+            if fig_spec.xcategorical:
+                xs: list[Any] = [all_x.index(norm_value(p[0])) for p in points]
+            else:
+                xs = [float(p[0]) for p in points]
+            label = None
+            if value is not None:
+                names = spec.row_names if fig_spec.series == spec.rows else {}
+                label = lookup(names, value) or fmt_value(value)
+            ax.errorbar(xs, [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                        capsize=3, label=label)
+        if fig_spec.xcategorical:
+            ax.set_xticks(range(len(all_x)))
+            ax.set_xticklabels([fmt_value(k[1]) for k in all_x])
+        init_col = f"{fig_spec.y}_init"
+        if spec.init_row and init_col in trials.columns:
+            frame = pd.DataFrame({"seed": trials["seed"].astype(str),
+                                  "v": pd.to_numeric(trials[init_col], errors="coerce")}).dropna()
+            if not frame.empty:
+                level = float(frame.groupby("seed")["v"].mean().mean()) * metric.scale
+                ax.axhline(level, color="gray", linestyle="--", linewidth=1, label=spec.init_row)
+    if fig_spec.logx:
+        ax.set_xscale("log")
+        # Label the swept values themselves (256, 4096, ...) rather than powers of ten.
+        ticks = sorted({float(v) for v in trials.get(fig_spec.x, pd.Series()).dropna()
+                        if isinstance(v, int | float) and v > 0})
+        if ticks:
+            ax.set_xticks(ticks, [fmt_value(t) for t in ticks])
+            ax.minorticks_off()
+    ax.set_xlabel(fig_spec.xlabel or fig_spec.x)
+    ylabel = fig_spec.ylabel or metric.header + (" (%)" if metric.scale == 100 else "")
+    ax.set_ylabel(ylabel)
+    ax.set_title(spec.title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8, title=fig_spec.series if fig_spec.series else None)
+    fig.tight_layout()
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in FORMATS:
+        path = out / f"{spec.name}.{fmt}"
+        tmp = path.with_name(path.name + ".tmp")
+        # No timestamps in the files: the same sweep gives byte-identical figures.
+        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+        fig.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
+        os.replace(tmp, path)
+        written.append(path)
+    plt.close(fig)
+    return written

@@ -1,0 +1,260 @@
+"""Trials DataFrame + spec -> a `Table`: rows x columns of (mean, std, n) cells, ready to render.
+
+Aggregation rules (they decide what a reader may conclude, so they are fixed here, once):
+- a cell pools the finished trials of its (row, column); `include_stopped: true` adds the trials
+  an early-stopping scheduler cut short (their last report, fewer epochs);
+- mean and SAMPLE std (ddof=1) over those trials, and n; n=1 has no std (never "± 0");
+- the best mean of each column is marked (after rounding to the printed digits, so ties that look
+  equal are all bold); the random-init row never competes;
+- a row exists for every row value among the (filtered) trials, even when none finished: "–" then
+  says "ran, but nothing to show", and the caption counts the trials by status;
+- the random-init row pools the `<metric>_init` values of every aggregated trial: first the mean
+  within each seed (trials of one seed share the same initial weights), then mean ± std across
+  seeds, so n = number of seeds, not of trials.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.caption import build_caption
+from analysis.load import FINISHED, STOPPED, grid_keys
+from analysis.spec import MetricSpec, Spec
+from analysis.values import fmt_value, lookup, norm_value
+
+__all__ = ["Cell", "Row", "Table", "TableError", "build_table"]
+
+
+class TableError(ValueError):
+    """The spec does not fit the sweep (a rows/columns/filter column the trials do not have)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Scaled mean and sample std over n trials (or seeds, in the init row); None when n=0."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    best: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    key: Any  # the raw row value (e.g. 0.99); None for the init row
+    label: str  # what the table prints
+    cells: tuple[Cell, ...]
+    paper: str | None = None
+    is_init: bool = False
+
+
+@dataclass
+class Table:
+    """Everything the renderers need; `trials` are the aggregated trials (for figures)."""
+
+    spec: Spec
+    title: str
+    caption: str
+    row_header: str
+    headers: tuple[str, ...]  # one per data column (the paper column is extra)
+    columns: tuple[MetricSpec, ...]  # per data column: metric, scale, digits, mode
+    column_keys: tuple[Any, ...]  # per data column: the metric (shape A) or raw pivot value (B)
+    rows: tuple[Row, ...]
+    has_paper: bool
+    trials: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _ordered(keys: list[Any], order: tuple[Any, ...]) -> list[Any]:
+    """`order` first (absent values skipped), then the rest in natural order (numbers by value)."""
+    wanted = [norm_value(v) for v in order]
+    first = [k for k in dict.fromkeys(wanted) if k in keys]
+    rest = sorted(k for k in keys if k not in first)
+    return first + rest
+
+
+def _equals(series: pd.Series, value: Any, normed: bool = False) -> pd.Series:
+    """Boolean mask of `series == value` by normalised key (a plain `==` against a tuple key
+    would be read by pandas as an element-wise comparison with a sequence)."""
+    key = value if normed else norm_value(value)
+    return pd.Series([norm_value(v) == key for v in series], index=series.index, dtype=bool)
+
+
+def _require(df: pd.DataFrame, column: str, key: str, spec: Spec) -> None:
+    if column not in df.columns:
+        known = [c for c in df.columns if "/" not in c and c != "trial_dir"]
+        close = difflib.get_close_matches(column, known, n=3, cutoff=0.85)
+        section = [c for c in known if c.split(".")[0] == column.split(".")[0]]
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else f"its {column.split('.')[0]} columns: {', '.join(section)}"
+            if section
+            else f"trial columns: {', '.join(known[:20])}{', ...' if len(known) > 20 else ''}"
+        )
+        raise TableError(
+            f"spec {spec.source}: {key}: column '{column}' is not in this sweep's trials ({hint})"
+        )
+
+
+def _cell(values: pd.Series, scale: float) -> Cell:
+    numeric = pd.to_numeric(values, errors="coerce").dropna().astype(float)
+    n = int(numeric.size)
+    if n == 0:
+        return Cell(None, None, 0)
+    mean = float(numeric.mean()) * scale
+    std = float(numeric.std(ddof=1)) * abs(scale) if n > 1 else None
+    return Cell(mean, std, n)
+
+
+def _mark_best(cells: list[Cell], column: MetricSpec) -> list[Cell]:
+    filled = [c for c in cells if c.mean is not None]
+    if len(filled) < 2:  # one value is not "the best" of anything
+        return cells
+    rounded = [round(c.mean, column.digits) for c in filled if c.mean is not None]
+    target = max(rounded) if column.mode == "max" else min(rounded)
+    return [
+        Cell(c.mean, c.std, c.n, best=True)
+        if c.mean is not None and round(c.mean, column.digits) == target
+        else c
+        for c in cells
+    ]
+
+
+def _init_cell(trials: pd.DataFrame, metric: MetricSpec) -> Cell:
+    column = f"{metric.metric}_init"  # transfer/digits/knn_top1 -> transfer/digits/knn_top1_init
+    if column not in trials.columns:
+        return Cell(None, None, 0)
+    values = pd.to_numeric(trials[column], errors="coerce")
+    frame = pd.DataFrame({"seed": trials["seed"].astype(str), "v": values}).dropna()
+    per_seed = frame.groupby("seed")["v"].mean()
+    return _cell(per_seed, metric.scale)
+
+
+def _apply_filter(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    keep = pd.Series(True, index=df.index)
+    for column, wanted in spec.filter.items():
+        _require(df, column, f"filter.{column}", spec)
+        allowed = {norm_value(v) for v in (wanted if isinstance(wanted, list) else [wanted])}
+        keep &= df[column].map(lambda v, ok=allowed: norm_value(v) in ok).astype(bool)
+    return df[keep]
+
+
+def _pooled_notes(trials: pd.DataFrame, spec: Spec, meta: dict[str, Any]) -> list[str]:
+    """Grid keys that vary inside a cell: the cell then mixes settings, and the reader must know."""
+    grid: dict[str, Any] = meta["grid"] if isinstance(meta.get("grid"), dict) else {}
+    keys = sorted(set(grid_keys(grid)) | set(trials.attrs.get("grid_keys", [])))
+    fixed = {spec.rows, spec.columns, *spec.filter}
+    notes = []
+    for key in keys:
+        if key in fixed or key not in trials.columns or trials.empty:
+            continue
+        groups = [spec.rows] + ([spec.columns] if spec.columns else [])
+        # repr of the normalised key: hashable, and groupby never unpacks it as a tuple key.
+        keyed = trials.assign(
+            **{f"_g{i}": trials[g].map(lambda v: repr(norm_value(v))) for i, g in enumerate(groups)}
+        )
+        varying = keyed.groupby([f"_g{i}" for i in range(len(groups))], dropna=False)[key].agg(
+            lambda s: len({norm_value(v) for v in s})
+        )
+        if (varying > 1).any():
+            distinct = sorted(set(trials[key].dropna()), key=norm_value)
+            values = ", ".join(fmt_value(v) for v in distinct)
+            notes.append(f"cells pool trials that differ in {key} ({values})")
+    return notes
+
+
+def build_table(df: pd.DataFrame, spec: Spec, meta: dict[str, Any] | None = None) -> Table:
+    """Aggregate the trials (from `load_sweep`) as the spec says. `meta` is `load_sweep_meta`'s
+    dict (sweep name, git revision, versions, grid) and only feeds the caption."""
+    meta = dict(meta or {})
+    _require(df, spec.rows, "rows", spec)
+    if spec.columns is not None:
+        _require(df, spec.columns, "columns", spec)
+    filtered = _apply_filter(df, spec)
+    statuses = {FINISHED, STOPPED} if spec.include_stopped else {FINISHED}
+    trials = filtered[filtered["status"].isin(statuses)]
+    trials.attrs["grid_keys"] = list(df.attrs.get("grid_keys", []))
+
+    row_of = filtered[spec.rows].map(norm_value)
+    row_keys = _ordered([k for k in row_of.dropna().unique()], spec.row_order)
+    raw_of = {norm_value(v): v for v in filtered[spec.rows] if norm_value(v) is not None}
+
+    if spec.columns is not None:
+        col_of = filtered[spec.columns].map(norm_value)
+        col_keys = _ordered([k for k in col_of.dropna().unique()], spec.column_order)
+        col_raw = {norm_value(v): v for v in filtered[spec.columns] if norm_value(v) is not None}
+        metric = spec.metrics[0]
+        columns = tuple(metric for _ in col_keys)
+        column_keys: tuple[Any, ...] = tuple(col_raw[k] for k in col_keys)
+        headers = tuple(
+            lookup(spec.column_names, col_raw[k]) or fmt_value(col_raw[k]) for k in col_keys
+        )
+    else:
+        columns = spec.metrics
+        column_keys = tuple(m.metric for m in spec.metrics)
+        headers = tuple(m.header for m in spec.metrics)
+
+    # grid[column][row] -> Cell, then the best mark per column.
+    in_row = trials[spec.rows]
+    grid: list[list[Cell]] = []
+    for j, column in enumerate(columns):
+        mask_col = (
+            _equals(trials[spec.columns], column_keys[j])
+            if spec.columns is not None
+            else pd.Series(True, index=trials.index)
+        )
+        values = (
+            trials[column.metric]
+            if column.metric in trials.columns
+            else pd.Series(np.nan, index=trials.index)
+        )
+        cells = [_cell(values[mask_col & _equals(in_row, key, normed=True)], column.scale)
+                 for key in row_keys]
+        grid.append(_mark_best(cells, column))
+
+    rows = [
+        Row(
+            key=raw_of[key],
+            label=lookup(spec.row_names, raw_of[key]) or fmt_value(raw_of[key]),
+            cells=tuple(grid[j][i] for j in range(len(columns))),
+            paper=lookup(spec.paper, raw_of[key]),
+        )
+        for i, key in enumerate(row_keys)
+    ]
+    if spec.init_row and not spec.is_pivot:
+        rows.append(
+            Row(
+                key=None,
+                label=spec.init_row,
+                cells=tuple(_init_cell(trials, m) for m in columns),
+                paper=spec.paper.get(spec.init_row),
+                is_init=True,
+            )
+        )
+
+    caption = build_caption(
+        spec,
+        meta,
+        filtered=filtered,
+        trials=trials,
+        notes=_pooled_notes(trials, spec, meta),
+    )
+    return Table(
+        spec=spec,
+        title=spec.title,
+        caption=caption,
+        row_header=spec.row_header or spec.rows,
+        headers=headers,
+        columns=tuple(columns),
+        column_keys=column_keys,
+        rows=tuple(rows),
+        has_paper=bool(spec.paper),
+        trials=trials,
+        meta=meta,
+    )

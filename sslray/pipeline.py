@@ -1,0 +1,202 @@
+"""Runs as stages: pre-train -> (features -> k-means -> pseudo-labels -> target) -> evaluate.
+
+A plain method is one stage: one Ray Train run. A `cc` config (knowledge transfer by cluster
+classification, Noroozi et al. CVPR 2018) is the whole pipeline in one run directory:
+
+    <run>/source/                  1. the source model, pre-trained by any method (a Train run)
+    <run>/clusters/pseudo_labels.npy   2-3. source features over the target's training split,
+    <run>/clusters/clusters.json        faiss k-means: one cluster id per image, sizes, NMI/purity
+    <run>/                         4-5. the target architecture trained to classify the clusters,
+                                        evaluated like any run (kNN, linear, transfer)
+
+Each stage leaves its artifacts on the run's storage, and a re-run skips every stage whose
+artifacts exist, so a killed pipeline resumes where it stopped. `source` may also name a finished
+run directory: its checkpoint is used as is (the paper's "cluster ImageNet features, train on
+Places" split of data is a `data` difference between source and target configs).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+
+from sslray.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    read_yaml,
+    resolve_config_path,
+    validate_raw,
+)
+from sslray.storage import Location, location
+from sslray.training.checkpoint import STATE_FILE, CheckpointError, load_state
+
+PSEUDO_LABELS = "pseudo_labels.npy"
+CLUSTERS_JSON = "clusters.json"
+
+
+def write_config(cfg: RunConfig, loc: Location) -> None:
+    loc.write_text(json.dumps({"config": json.loads(cfg.to_json()), "derived": cfg.derived()},
+                              indent=2, sort_keys=True), "config.json")
+
+
+def run_any(cfg: RunConfig, loc: Location, *, callbacks: Sequence[Any] = (),
+            verbose: bool = True) -> dict[str, float]:
+    """Run `cfg` into `loc`: one Train run, or the knowledge-transfer pipeline for `cc`."""
+    from sslray.training.worker import run_training
+
+    if cfg.method.name != "cc":
+        return run_training(cfg, loc, callbacks=callbacks, verbose=verbose)
+    return run_cluster_transfer(cfg, loc, callbacks=callbacks, verbose=verbose)
+
+
+# -- stage 1: the source model ------------------------------------------------------------------
+
+def source_config(cfg: RunConfig) -> RunConfig:
+    """The source run's config: `method.source` (+ `source_set`), with the target's seed and
+    resources (one pipeline = one allocation), shrunk when the target is a smoke run."""
+    m: Any = cfg.method
+    path = resolve_config_path(m.source)
+    raw = read_yaml(path)
+    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in m.source_set.items()])
+    raw.update(seed=cfg.seed, name=f"{cfg.name}-source",
+               resources=json.loads(cfg.resources.model_dump_json()))
+    src = validate_raw(raw, source=f"method.source ({path})")
+    if src.method.name == "cc":
+        raise ConfigError("method.source", [f"method.source: {m.source} is itself a cc "
+                                            f"pipeline; name a pre-training config"])
+    return src.smoke() if m.source_smoke else src
+
+
+def finished_run(source: str) -> Location | None:
+    """A finished run directory named by `method.source` (config.json + a checkpoint)."""
+    path = Path(source)
+    if path.is_dir() and (path / "config.json").is_file():
+        return location(path)
+    return None
+
+
+def latest_checkpoint_state(run: Location, method: str) -> dict[str, Any]:
+    """The training state of a run directory's latest Ray Train checkpoint."""
+    infos = run.fs.get_file_info(pafs.FileSelector(run.path))
+    ckpts = sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint_"))
+    if not ckpts:
+        raise CheckpointError(f"{run.uri}: no checkpoint_* directory: the source run did not "
+                              f"finish an epoch; re-run the pipeline to train it")
+    data = run.read_bytes(ckpts[-1], STATE_FILE)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / STATE_FILE).write_bytes(data)
+        return load_state(Path(tmp) / STATE_FILE, method)
+
+
+def run_source(cfg: RunConfig, loc: Location, verbose: bool) -> tuple[RunConfig, Location]:
+    from sslray.training.worker import run_training
+
+    m: Any = cfg.method
+    done = finished_run(m.source)
+    if done is not None:
+        raw = json.loads(done.read_text("config.json"))["config"]
+        return validate_raw(raw, source=str(done.uri)), done
+    src_cfg, src_loc = source_config(cfg), loc.child("source")
+    if src_loc.exists("result.json"):
+        print(f"[pipeline] source: {src_loc.uri} finished earlier, reused", flush=True)
+        return src_cfg, src_loc
+    print(f"[pipeline] 1/3 source: {src_cfg.method.name} on {src_cfg.data.dataset} "
+          f"({src_cfg.train.epochs} epochs) -> {src_loc.uri}", flush=True)
+    write_config(src_cfg, src_loc)
+    run_training(src_cfg, src_loc, verbose=verbose)
+    return src_cfg, src_loc
+
+
+# -- stages 2-3: features and k-means ---------------------------------------------------------
+
+def cluster_stage(cfg_json: str, src_json: str, src_uri: str, out_uri: str) -> dict[str, Any]:
+    """Source features over the target's training split -> k-means -> pseudo-labels on storage."""
+    from sslray.data.datasets import dataset_stats, image_size, load_arrays
+    from sslray.eval.features import extract_features
+    from sslray.eval.kmeans import kmeans, nmi, purity
+    from sslray.methods import build_method
+    from sslray.models.taps import LayerFeatures
+
+    cfg, src = RunConfig.model_validate_json(cfg_json), RunConfig.model_validate_json(src_json)
+    m: Any = cfg.method
+    start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    state = latest_checkpoint_state(location(src_uri), src.method.name)
+    method = build_method(src)
+    method.load_state_dict(state["model"])
+    encoder = LayerFeatures(method.feature_encoder(), m.layer).to(device)
+    if cfg.data.dataset == "imagefolder":
+        raise ConfigError("data.dataset", ["data.dataset: the cc pipeline clusters in-memory "
+                                           "datasets so far (imagefolder: not yet)"])
+    data = load_arrays(cfg.data, "train")  # the TARGET's training split, row i = sample i
+    mean, std = dataset_stats(cfg.data.dataset)
+    feats = extract_features(encoder, data, image_size(cfg.data), mean, std,
+                             cfg.eval.batch_size, device)
+    result = kmeans(feats.numpy(), m.k, seed=cfg.seed, iters=m.kmeans_iters, pca_dim=m.pca_dim)
+    labels = data.labels.numpy()
+    stats: dict[str, Any] = {
+        "k": m.k, "layer": m.layer, "n": len(labels), "seed": cfg.seed,
+        "objective": float(result.objective), "empty_clusters": int(result.empty_clusters),
+        "sizes": [int(s) for s in result.sizes],
+        "source": src_uri, "source_method": src.method.name,
+        "seconds": time.perf_counter() - start,
+    }
+    if (labels >= 0).all():
+        stats.update(nmi=nmi(result.labels, labels), purity=purity(result.labels, labels))
+    out = location(out_uri)
+    out.save_npy(np.asarray(result.labels, dtype=np.int64), PSEUDO_LABELS)
+    out.write_text(json.dumps(stats, indent=2, sort_keys=True), CLUSTERS_JSON)  # written last
+    return stats
+
+
+def run_clusters(cfg: RunConfig, src_cfg: RunConfig, src_loc: Location,
+                 loc: Location) -> dict[str, Any]:
+    out = loc.child("clusters")
+    if out.exists(CLUSTERS_JSON):
+        print(f"[pipeline] clusters: {out.uri} computed earlier, reused", flush=True)
+        return dict(json.loads(out.read_text(CLUSTERS_JSON)))
+    m: Any = cfg.method
+    print(f"[pipeline] 2/3 k-means: {m.layer} features of the source over {cfg.data.dataset}, "
+          f"k={m.k}", flush=True)
+    args = (cfg.model_dump_json(), src_cfg.model_dump_json(), src_loc.uri, out.uri)
+    import ray
+
+    if cfg.resources.workers > 0 and ray.is_initialized():
+        # On the cluster, where a worker would run: one worker's CPUs (+ GPU for faiss).
+        res = cfg.resources
+        task = ray.remote(cluster_stage).options(
+            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0)
+        stats: dict[str, Any] = ray.get(task.remote(*args))
+    else:
+        stats = cluster_stage(*args)
+    shown = ", ".join(f"{k} {stats[k]:.3f}" for k in ("nmi", "purity") if k in stats)
+    print(f"[pipeline] k-means done in {stats['seconds']:.0f} s" + (f": {shown}" if shown else ""),
+          flush=True)
+    return stats
+
+
+# -- stages 4-5: the target ----------------------------------------------------------------------
+
+def run_cluster_transfer(cfg: RunConfig, loc: Location, *, callbacks: Sequence[Any] = (),
+                         verbose: bool = True) -> dict[str, float]:
+    from sslray.training.worker import run_training
+
+    src_cfg, src_loc = run_source(cfg, loc, verbose)
+    run_clusters(cfg, src_cfg, src_loc, loc)
+    labels_uri = loc.child("clusters", PSEUDO_LABELS).uri
+    target = validate_raw(apply_overrides(json.loads(cfg.to_json()),
+                                          [f"method.pseudo_labels={json.dumps(labels_uri)}"]),
+                          source="cc target")
+    m: Any = cfg.method
+    print(f"[pipeline] 3/3 target: {target.backbone.arch} classifies {m.k} clusters "
+          f"({target.train.epochs} epochs)", flush=True)
+    return run_training(target, loc, callbacks=callbacks, verbose=verbose)

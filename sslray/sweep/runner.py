@@ -1,0 +1,198 @@
+"""Run a sweep on Ray Tune: one function trainable per trial, each building a TorchTrainer.
+
+Layout of a sweep directory (`<storage>/<sweep name>/`; what `analysis.load_sweep` reads):
+
+    sweep.json                   the sweep file, grid, seeds, git revision, library versions
+    <trial dir>/config.json      the trial's resolved run config, derived values, label/grid/seed
+    <trial dir>/result.json      Tune's JSON lines, one per epoch; the last holds the final metrics
+    <trial dir>/error.txt        when the trial failed (Tune writes it)
+    <trial dir>/train-<id>/      the trial's Ray Train run: checkpoints, its own result.json
+
+Train V2 cannot be handed to the Tuner; each trial runs `TorchTrainer.fit()` from inside the
+function trainable, the Train run named from the trial id so a restored trial resumes it, and
+`TuneReportCallback` turns each epoch report into a Tune result, so ASHA can stop trials per epoch
+(notes/ray-2.60.md section 1). Final evaluation happens inside the run: a trial that ASHA stops
+never runs code after `fit()`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from sslray.config import RunConfig
+from sslray.pipeline import run_any
+from sslray.storage import Location, location
+from sslray.sweep.spec import SweepSpec, Trial, max_concurrent
+
+# Tune saves its experiment state at most every 10 s by default; a driver killed in that window
+# restarts trials from scratch on restore (notes/ray-2.60.md section 3). 2 s costs nothing.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Tune's classic status table: the columns we choose (the newer output prints every config).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+PROGRESS_COLUMNS = {"epoch": "epoch", "train/loss": "loss", "eval/knn_top1": "kNN"}
+
+
+def sweep_location(spec: SweepSpec, smoke: bool) -> Location:
+    return location(spec.storage).child(spec.name + ("-smoke" if smoke else ""))
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The function trainable: write config.json, then run the trial's (pipeline of) Train runs."""
+    ctx = ray.tune.get_context()
+    trial_id = ctx.get_trial_id()
+    trial = config["trial"]
+    cfg = RunConfig.model_validate(trial["config"])
+    trial_loc = location(config["sweep_uri"]).child(Path(ctx.get_trial_dir()).name)
+    trial_loc.write_text(json.dumps({
+        "config": json.loads(cfg.to_json()),
+        "derived": cfg.derived(),
+        "trial": {"id": trial_id, "label": trial["label"], "grid": trial["grid"],
+                  "seed": trial["seed"]},
+    }, indent=2, sort_keys=True), "config.json")
+    run_any(cfg, trial_loc.child(f"train-{trial_id}"), callbacks=[TuneReportCallback()],
+            verbose=False)
+
+
+def trial_dirname(trial: Any) -> str:
+    t = trial.config["trial"]
+    return f"{trial.trial_id}_{t['label']}_s{t['seed']}"
+
+
+def trial_name(trial: Any) -> str:
+    t = trial.config["trial"]
+    point = ",".join(f"{k.split('.')[-1]}={v}" for k, v in t["grid"].items())
+    return f"{t['label']}_s{t['seed']}" + (f"_{point}" if point else "")
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5,
+                               cwd=Path(__file__).parent).stdout.strip()
+        if out.returncode != 0:
+            return "unknown"
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("sslray", "torch", "torchvision", "ray", "faiss-cpu", "faiss-gpu", "pandas"):
+        try:
+            out[dist.removesuffix("-cpu").removesuffix("-gpu")] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_sweep_json(spec: SweepSpec, trials: list[Trial], loc: Location, smoke: bool) -> None:
+    loc.write_text(json.dumps({
+        "name": spec.name,
+        "table": spec.table,
+        "grid": spec.grid,
+        "seeds": spec.seeds,
+        "variants": sorted({t.label for t in trials}),
+        "trials": len(trials),
+        "smoke": smoke,
+        "scheduler": spec.scheduler.model_dump(),
+        "resources": spec.resources.model_dump(),
+        "storage": spec.storage,
+        "git_revision": git_revision(),
+        "versions": versions(),
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }, indent=2, sort_keys=True), "sweep.json")
+
+
+def _scheduler(spec: SweepSpec, trials: list[Trial]) -> Any:
+    s = spec.scheduler
+    if s.name == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="training_iteration", metric=s.metric, mode=s.mode,
+        max_t=max(t.config.train.epochs for t in trials),
+        grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+    )
+
+
+def _callbacks(spec: SweepSpec, loc: Location) -> list[Any]:
+    if not spec.aim:
+        return []
+    from ray.tune.logger.aim import AimLoggerCallback
+
+    # Aim keeps a local repository; with bucket storage it lives in runs/aim on the driver.
+    repo = loc.path if loc.is_local else str(Path("runs/aim").resolve())
+    return [AimLoggerCallback(repo=repo, experiment_name=spec.name)]
+
+
+def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
+              resume: bool = False, overwrite: bool = False) -> Any:
+    """Run (or, with `resume`, restore and finish) the sweep; returns Tune's ResultGrid.
+
+    Ray must be initialised by the caller (a local Ray or `address=auto`).
+    """
+    loc = sweep_location(spec, smoke)
+    exists = loc.exists("sweep.json") or loc.exists("tuner.pkl")
+    trainable = ray.tune.with_resources(run_trial, {"cpu": spec.resources.driver_cpus})
+    if resume:
+        if not ray.tune.Tuner.can_restore(loc.uri):
+            raise FileExistsError(f"{loc.uri}: no sweep to resume here (no tuner.pkl); run it "
+                                  f"without --resume first")
+        tuner = ray.tune.Tuner.restore(loc.uri, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        return tuner.fit()
+    if exists and not overwrite:
+        raise FileExistsError(
+            f"{loc.uri} already holds this sweep. Use --resume to finish it, --overwrite to "
+            f"delete it and start again, or change `name` / `storage` in the sweep file."
+        )
+    if exists:
+        loc.fs.delete_dir(loc.path)
+    write_sweep_json(spec, trials, loc, smoke)
+    conc = max_concurrent(spec, ray.cluster_resources())
+    parent = location(spec.storage)
+    tuner = ray.tune.Tuner(
+        trainable,
+        param_space={
+            "sweep_uri": loc.uri,
+            "trial": ray.tune.grid_search([t.to_json() for t in trials]),
+        },
+        tune_config=ray.tune.TuneConfig(
+            scheduler=_scheduler(spec, trials), max_concurrent_trials=conc,
+            trial_dirname_creator=trial_dirname, trial_name_creator=trial_name,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=loc.name,
+            storage_path=parent.path,
+            storage_filesystem=None if parent.is_local else parent.fs,
+            failure_config=ray.tune.FailureConfig(max_failures=spec.trial_retries),
+            callbacks=_callbacks(spec, loc),
+            progress_reporter=ray.tune.CLIReporter(
+                metric_columns=PROGRESS_COLUMNS,
+                parameter_columns={"trial/label": "variant", "trial/seed": "seed"},
+                max_report_frequency=30,
+            ),
+            verbose=1,
+        ),
+    )
+    start = time.perf_counter()
+    results = tuner.fit()
+    print(f"sweep {spec.name}: {len(trials)} trials in {(time.perf_counter() - start) / 60:.1f} "
+          f"min -> {loc.uri}", flush=True)
+    return results

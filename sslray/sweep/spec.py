@@ -1,0 +1,317 @@
+"""Sweep files: one YAML -> a list of validated trials, before Ray starts.
+
+A sweep file names a base run config (or labelled variants, each with its own base), dotted-key
+overrides, a grid over dotted keys, seeds, a scheduler, the resources of every trial, where the
+results go, and the analysis table it feeds. `expand()` builds every trial's `RunConfig` and
+collects every problem with the trial and the dotted key, so a typo in trial 37 of 40 is found
+on the laptop and not after a cluster-hour.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from sslray.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    read_yaml,
+    resolve_config_path,
+    set_path,
+    validate_raw,
+)
+from sslray.config_types import StrictModel
+
+SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"  # the repository's sweep files
+
+
+class SchedulerSpec(StrictModel):
+    name: Literal["none", "asha"] = "none"
+    metric: str = "eval/knn_top1"  # the kNN monitor: cheap, every epoch with eval.every_n_epochs=1
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(default=1, ge=1)  # epochs before ASHA may stop a trial
+    reduction_factor: float = Field(default=2.0, gt=1)  # ASHA (Li et al. 2020) default eta: 2-4
+
+
+class SweepResources(StrictModel):
+    """Resources of every trial; they replace each trial config's `resources` values."""
+
+    workers: int = Field(default=1, ge=1)  # Ray Train workers per trial
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=1.0, ge=0)
+    # Trials at once; None: as many as the cluster's GPUs (or CPUs) hold (Ray Tune docs:
+    # max_concurrent_trials = cluster GPUs // GPUs per trial), computed when the sweep starts.
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+    # The trial driver's sliver of a CPU: the Train workers reserve their own bundles, and a
+    # whole-CPU driver per trial deadlocks small clusters (notes/ray-2.60.md section 1).
+    driver_cpus: float = Field(default=0.01, gt=0)
+
+    @property
+    def trial_cpus(self) -> float:
+        return self.workers * self.cpus_per_worker + self.driver_cpus
+
+    @property
+    def trial_gpus(self) -> float:
+        return self.workers * self.gpus_per_worker if self.use_gpu else 0.0
+
+
+Grid = dict[str, list[Any]]
+
+
+class Variant(StrictModel):
+    base: str | dict[str, Any] | None = None  # None: the sweep's base
+    set: dict[str, Any] = {}  # dotted key -> value, applied after the sweep's `set`
+    grid: Grid | None = None  # this variant's own grid (replaces the sweep's `grid`)
+
+
+class SweepSpec(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    base: str | dict[str, Any] | None = None  # built-in config name, YAML path, or a mapping
+    set: dict[str, Any] = {}  # dotted key -> value for every trial
+    variants: dict[str, Variant] = {}  # label -> a base and overrides (a table row each)
+    # dotted key -> values; the cross product is swept. "a.b,c.d": [[1, 2], [3, 4]] links keys
+    # (values move together: MoCo's end-to-end dictionary size is its batch size).
+    grid: Grid = {}
+    seeds: list[int] = Field(default=[0], min_length=1)
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: SweepResources = SweepResources()
+    storage: str = "runs/sweeps"  # a local path or a pyarrow URI (s3://bucket/prefix, gs://...)
+    table: str | None = None  # the analysis table spec (analysis/specs/<table>.yaml)
+    trial_retries: int = Field(default=0, ge=0)  # Tune restarts of a failed trial
+    aim: bool = True  # track every trial with Ray's AimLoggerCallback (`aim up --repo <sweep>`)
+
+    @model_validator(mode="after")
+    def _shape(self) -> SweepSpec:
+        if self.base is None and not self.variants:
+            raise ValueError("give a `base` run config, or `variants` each with a base")
+        if self.base is None and any(v.base is None for v in self.variants.values()):
+            raise ValueError("every variant needs a `base` when the sweep has none")
+        grids = [("grid", self.grid)] + [(f"variants.{k}.grid", v.grid)
+                                        for k, v in self.variants.items() if v.grid is not None]
+        for where, grid in grids:
+            for key, values in grid.items():
+                if not values:
+                    raise ValueError(f"{where}.{key}: an empty list gives no trials")
+                width = len(key.split(","))
+                if width > 1 and any(not isinstance(v, list) or len(v) != width for v in values):
+                    raise ValueError(f"{where}.{key}: linked keys take lists of {width} values, "
+                                     f"e.g. [[64, 64], [128, 128]]")
+        return self
+
+
+def grid_points(grid: Grid) -> list[dict[str, Any]]:
+    """The cross product of a grid, linked keys ("a,b") expanded: [{"a": 1, "b": 2, ...}]."""
+    points = []
+    for combo in itertools.product(*grid.values()):
+        point: dict[str, Any] = {}
+        for key, value in zip(grid, combo):
+            keys = [k.strip() for k in key.split(",")]
+            point.update(zip(keys, value) if len(keys) > 1 else [(key, value)])
+        points.append(point)
+    return points
+
+
+@dataclass(frozen=True)
+class Trial:
+    label: str
+    grid: dict[str, Any]  # this trial's grid point
+    seed: int
+    config: RunConfig
+
+    def describe(self) -> str:
+        point = ", ".join(f"{k}={v}" for k, v in self.grid.items())
+        return f"{self.label} seed={self.seed}" + (f" {point}" if point else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "grid": self.grid, "seed": self.seed,
+                "config": json.loads(self.config.to_json())}
+
+
+def _format(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(tuple(e["loc"][:-1]))
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            hint = (f" (did you mean '{close[0]}'?)" if close
+                    else f" (known keys: {', '.join(known)})")
+            problems.append(f"{path}: unknown key{hint}")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{path}: {e['msg'].removeprefix('Value error, ')}{shown}")
+    return problems
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = SweepSpec
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            if model is Variant or (isinstance(part, str) and model is dict):
+                continue
+            return sorted(getattr(model, "model_fields", {}))
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, StrictModel) else dict
+        if part == "variants":
+            model = Variant
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def resolve_sweep_path(spec: str) -> Path:
+    """A sweep YAML path, or the name of a file in the repository's sweeps/ folder."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    named = SWEEPS_DIR / f"{spec}.yaml"
+    if named.is_file():
+        return named
+    known = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+    raise ConfigError(spec, [f"{spec}: no such sweep file (sweeps/: {known or 'none found'})"])
+
+
+def is_sweep_file(raw: dict[str, Any]) -> bool:
+    return any(k in raw for k in ("grid", "variants", "seeds", "base"))
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = resolve_sweep_path(str(path))
+    raw = read_yaml(path)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(str(path), _format(err)) from None
+    return _with_paths_resolved(spec, path.parent)
+
+
+def _with_paths_resolved(spec: SweepSpec, folder: Path) -> SweepSpec:
+    """Relative base paths are relative to the sweep file (else a built-in name or cwd)."""
+
+    def fix(base: Any) -> Any:
+        if isinstance(base, str) and not Path(base).is_file() and (folder / base).is_file():
+            return str(folder / base)
+        return base
+
+    variants = {k: v.model_copy(update={"base": fix(v.base)}) for k, v in spec.variants.items()}
+    return spec.model_copy(update={"base": fix(spec.base), "variants": variants})
+
+
+def _base_raw(base: str | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    if isinstance(base, dict):
+        return json.loads(json.dumps(base)), "base"
+    path = resolve_config_path(base)
+    return read_yaml(path), str(path)
+
+
+def expand(spec: SweepSpec, smoke: bool = False) -> list[Trial]:
+    """Every trial of the sweep, validated; raises one ConfigError listing every problem."""
+    variants = spec.variants or {spec.name: Variant()}
+    trials: list[Trial] = []
+    problems: list[str] = []
+    for label, variant in variants.items():
+        base = variant.base if variant.base is not None else spec.base
+        assert base is not None  # SweepSpec checks: a base, or variants with one
+        try:
+            raw, source = _base_raw(base)
+        except ConfigError as exc:
+            problems.extend(f"variants.{label}.base: {p}" for p in exc.problems)
+            continue
+        for grid in grid_points(variant.grid if variant.grid is not None else spec.grid):
+            for seed in spec.seeds:
+                where = f"trial {label} seed={seed}" + "".join(f" {k}={v}" for k, v in grid.items())
+                try:
+                    trial_raw = apply_overrides(raw, [])
+                    for key, value in [*spec.set.items(), *variant.set.items(), *grid.items()]:
+                        set_path(trial_raw, key, value, source=where)
+                    res = spec.resources
+                    trial_raw["seed"] = seed
+                    trial_raw["name"] = f"{spec.name}-{label}"
+                    trial_raw["resources"] = {
+                        **trial_raw.get("resources", {}), "workers": res.workers,
+                        "use_gpu": res.use_gpu, "cpus_per_worker": res.cpus_per_worker,
+                        "gpus_per_worker": res.gpus_per_worker,
+                    }
+                    cfg = validate_raw(trial_raw, source=f"{source} ({where})")
+                    if smoke:
+                        cfg = cfg.smoke()
+                except ConfigError as exc:
+                    problems.extend(f"{where}: {p}" for p in exc.problems)
+                    continue
+                trials.append(Trial(label, grid, seed, cfg))
+    if not problems:
+        problems.extend(_scheduler_problems(spec, trials))
+    if problems:
+        raise ConfigError(spec.name, problems)
+    return trials
+
+
+def _scheduler_problems(spec: SweepSpec, trials: list[Trial]) -> list[str]:
+    """ASHA compares trials on its metric at every epoch: the metric must exist every epoch."""
+    sched = spec.scheduler
+    if sched.name == "none" or not sched.metric.startswith(("eval/", "transfer/")):
+        return []
+    return [
+        f"scheduler.metric: {sched.metric} is only reported every {t.config.eval.every_n_epochs} "
+        f"epochs in trial {t.describe()}; ASHA needs it every epoch (set "
+        f"eval.every_n_epochs: 1 in `set:`, or use a train/ metric)"
+        for t in trials[:1]
+        if t.config.eval.every_n_epochs != 1
+    ]
+
+
+def max_concurrent(spec: SweepSpec, cluster: dict[str, float]) -> int:
+    """Trials that fit at once on a cluster of `cluster` resources (at least 1)."""
+    res = spec.resources
+    if res.max_concurrent_trials is not None:
+        return res.max_concurrent_trials
+    fits = cluster.get("CPU", 1.0) / res.trial_cpus
+    if res.use_gpu and res.trial_gpus > 0:
+        fits = min(fits, cluster.get("GPU", 0.0) / res.trial_gpus)
+    return max(1, math.floor(fits + 1e-9))
+
+
+def describe_sweep(spec: SweepSpec, trials: list[Trial]) -> str:
+    res = spec.resources
+    per = f"{res.workers} worker(s) x {res.cpus_per_worker:g} CPU"
+    if res.use_gpu:
+        per += f" + {res.gpus_per_worker:g} GPU"
+    need = f"{res.trial_cpus:g} CPU" + (f", {res.trial_gpus:g} GPU" if res.use_gpu else "")
+    labels = sorted({t.label for t in trials})
+    epochs = sorted({t.config.train.epochs for t in trials})
+    sched = spec.scheduler
+    points = len({json.dumps(t.grid, sort_keys=True) for t in trials})
+    lines = [
+        f"sweep:     {spec.name} -> table {spec.table or '(none)'}",
+        f"trials:    {len(trials)} = {len(labels)} variant(s), {points} grid point(s), "
+        f"{len(spec.seeds)} seed(s)",
+        f"variants:  {', '.join(labels)}",
+        *[f"grid:      {k} in {v}" for k, v in spec.grid.items()],
+        *[f"grid:      ({name}) {k} in {v}" for name, var in spec.variants.items()
+          for k, v in (var.grid or {}).items()],
+        f"epochs:    {', '.join(map(str, epochs))}",
+        f"per trial: {per} (+ {res.driver_cpus:g} CPU driver) = {need}",
+        f"scheduler: {sched.name}" + (f" on {sched.metric} ({sched.mode}), grace "
+                                      f"{sched.grace_period}" if sched.name == "asha" else ""),
+        f"storage:   {spec.storage}/{spec.name}",
+    ]
+    conc = res.max_concurrent_trials
+    if conc:
+        total = f"{res.trial_cpus * conc:g} CPU" + (
+            f", {res.trial_gpus * conc:g} GPU" if res.use_gpu else "")
+        lines.append(f"cluster:   {conc} trial(s) at once need {total}")
+    else:
+        lines.append(f"cluster:   one trial needs {need}; all {len(trials)} at once need "
+                     f"{res.trial_cpus * len(trials):g} CPU"
+                     + (f", {res.trial_gpus * len(trials):g} GPU" if res.use_gpu else "")
+                     + " (trials queue on smaller clusters)")
+    return "\n".join(lines)

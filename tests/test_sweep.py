@@ -1,0 +1,202 @@
+"""Sweep files: expansion and validation (no Ray), a real Tune sweep, restore after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sslray.cli.main import main
+from sslray.config import ConfigError
+from sslray.sweep.spec import SWEEPS_DIR, expand, grid_points, load_sweep, max_concurrent
+from tests.conftest import FAST_RAY_ENV, tiny_raw
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_sweep(tmp_path: Path, **fields: Any) -> Path:
+    raw: dict[str, Any] = {
+        "name": "t",
+        "base": tiny_raw(eval={"knn_k": 10, "every_n_epochs": 1}),
+        "grid": {"method.temperature": [0.1, 0.2]},
+        "seeds": [0, 1],
+        "storage": str(tmp_path / "sweeps"),
+        "aim": False,
+    }
+    raw.update(fields)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def problems(path: Path) -> str:
+    with pytest.raises(ConfigError) as err:
+        expand(load_sweep(path))
+    return str(err.value)
+
+
+def test_grid_expansion_counts_seeds_and_dotted_keys(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, grid={"method.temperature": [0.1, 0.2, 0.5],
+                                       "optim.lr": [0.01, 0.1]}, seeds=[0, 1])
+    trials = expand(load_sweep(path))
+    assert len(trials) == 3 * 2 * 2
+    temps = sorted({t.config.method.temperature for t in trials})  # type: ignore[union-attr]
+    assert temps == [0.1, 0.2, 0.5]
+    assert {t.config.seed for t in trials} == {0, 1}
+    t = trials[-1]
+    assert t.grid == {"method.temperature": 0.5, "optim.lr": 0.1} and t.seed == 1
+    assert t.config.optim.lr == 0.1 and t.config.resources.workers == 1  # sweep resources win
+
+
+def test_yaml_scientific_notation_is_a_float(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: t\nbase: fmnist_moco_v2\ngrid:\n  optim.lr: [1e-3, 3e-2]\n"
+                    f"storage: {tmp_path}\n")
+    trials = expand(load_sweep(path))
+    assert [t.config.optim.lr for t in trials] == [0.001, 0.03]
+    assert all(isinstance(t.grid["optim.lr"], float) for t in trials)
+
+
+def test_variants_own_grids_and_linked_keys(tmp_path: Path) -> None:
+    assert grid_points({"a,b": [[1, 2], [3, 4]], "c": [5]}) == [
+        {"a": 1, "b": 2, "c": 5}, {"a": 3, "b": 4, "c": 5}]
+    trials = expand(load_sweep(SWEEPS_DIR / "moco_dictionary.yaml"))
+    e2e = [t for t in trials if t.label == "end_to_end"]
+    assert len(trials) == 18 and len(e2e) == 6
+    assert all(t.config.train.batch_size == t.config.method.queue_size for t in e2e)  # type: ignore[union-attr]
+
+
+def test_bad_keys_and_values_name_the_trial_and_the_dotted_path(tmp_path: Path) -> None:
+    msg = problems(write_sweep(tmp_path, grid={"method.ema_decay": [0.9, 1.5]}))
+    assert "trial t seed=0 method.ema_decay=1.5" in msg and "method.ema_decay" in msg
+    msg = problems(write_sweep(tmp_path, grid={"method.temprature": [0.1]}))
+    assert "method.temprature: unknown key (did you mean 'temperature'?)" in msg
+    with pytest.raises(ConfigError, match=r"sceduler: unknown key \(did you mean 'scheduler'"):
+        load_sweep(write_sweep(tmp_path, sceduler={"name": "asha"}))
+    with pytest.raises(ConfigError, match="resources.workers"):
+        load_sweep(write_sweep(tmp_path, resources={"workers": 0}))
+    msg = problems(write_sweep(tmp_path, variants={"x": {"base": "no_such_config"}}))
+    assert "variants.x.base" in msg and "no_such_config" in msg
+    msg = problems(write_sweep(tmp_path, variants={"x": {"set": {"method.name": "simclr"}}}))
+    assert "unknown method 'simclr'" in msg
+
+
+def test_asha_needs_its_metric_every_epoch(tmp_path: Path) -> None:
+    base = tiny_raw(eval={"every_n_epochs": 2})
+    msg = problems(write_sweep(tmp_path, base=base, scheduler={"name": "asha"}))
+    assert "scheduler.metric: eval/knn_top1 is only reported every 2 epochs" in msg
+    ok = write_sweep(tmp_path, base=base, scheduler={"name": "asha", "metric": "train/loss",
+                                                     "mode": "min"})
+    assert len(expand(load_sweep(ok))) == 4
+
+
+def test_concurrency_follows_the_cluster(tmp_path: Path) -> None:
+    spec = load_sweep(write_sweep(tmp_path, resources={"workers": 2, "cpus_per_worker": 1}))
+    assert max_concurrent(spec, {"CPU": 8.0}) == 3  # 2.01 CPU per trial
+    gpu = load_sweep(write_sweep(tmp_path, resources={"workers": 2, "use_gpu": True}))
+    assert max_concurrent(gpu, {"CPU": 64.0, "GPU": 8.0}) == 4
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_validates(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = path.read_text()
+    assert text.startswith("#") and "sslray " in text.split("\nname:")[0]  # opens with the command
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "trials:" in out and "per trial:" in out and out.rstrip().endswith("ok")
+    assert main(["validate", str(path), "--smoke"]) == 0
+
+
+def test_validate_bad_sweep_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(tmp_path, grid={"train.epochs": [0]})
+    assert main(["validate", str(path)]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+
+
+# -- real Ray Tune ---------------------------------------------------------------------------------
+
+
+def trial_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.iterdir() if (p / "config.json").is_file())
+
+
+def result_lines(trial: Path) -> list[dict[str, Any]]:
+    path = trial / "result.json"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_real_tune_sweep_with_asha(ray_session: Any, tmp_path: Path) -> None:
+    from sslray.sweep.runner import run_sweep
+
+    path = write_sweep(tmp_path, seeds=[0], scheduler={"name": "asha", "grace_period": 1},
+                       aim=True, table="moco_momentum",
+                       resources={"workers": 1, "cpus_per_worker": 0.5})
+    spec = load_sweep(path)
+    trials = expand(spec, smoke=False)
+    results = run_sweep(spec, trials)
+    assert all(r.error is None for r in results)
+    sweep_dir = tmp_path / "sweeps" / "t"
+    meta = json.loads((sweep_dir / "sweep.json").read_text())
+    assert meta["trials"] == 2 and meta["table"] == "moco_momentum" and meta["versions"]["ray"]
+    dirs = trial_dirs(sweep_dir)
+    assert len(dirs) == 2
+    for d in dirs:
+        cfg = json.loads((d / "config.json").read_text())
+        assert cfg["trial"]["label"] == "t" and cfg["config"]["train"]["epochs"] == 2
+        lines = result_lines(d)
+        assert 1 <= len(lines) <= 2  # ASHA may stop the worse trial after epoch 1
+        last = lines[-1]
+        assert last["epoch"] == len(lines) and 0.0 <= last["eval/knn_top1"] <= 1.0
+        assert last["wall_s"] > 0 and last["device_hours"] > 0
+        assert "eval/knn_top1_init" in last
+    temps = {json.loads((d / "config.json").read_text())["trial"]["grid"]["method.temperature"]
+             for d in dirs}
+    assert temps == {0.1, 0.2}
+    assert (sweep_dir / ".aim").is_dir()  # AimLoggerCallback's repository (`aim up --repo ...`)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_restore_after_the_driver_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the sweep driver after trial 1 finished; --resume must not re-run trial 1."""
+    path = write_sweep(tmp_path, seeds=[0], resources={"workers": 1, "cpus_per_worker": 1,
+                                                       "max_concurrent_trials": 1})
+    env = {**os.environ, **FAST_RAY_ENV, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "sslray.cli.main", "sweep", str(path), "--no-table"]
+    sweep_dir = tmp_path / "sweeps" / "t"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        first: Path | None = None
+        while time.time() < deadline and first is None:
+            time.sleep(0.5)
+            done = [d for d in trial_dirs(sweep_dir) if sweep_dir.is_dir()
+                    if len(result_lines(d)) == 2] if sweep_dir.is_dir() else []
+            first = done[0] if done else None
+        assert first is not None, "the first trial never finished"
+        time.sleep(4)  # > TUNE_GLOBAL_CHECKPOINT_S: the experiment state records it finished
+        assert proc.poll() is None, "the sweep finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    train_results = list(first.glob("train-*/result.json"))
+    assert len(train_results) == 1 and len(train_results[0].read_text().splitlines()) == 1
+    out = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    dirs = trial_dirs(sweep_dir)
+    assert len(dirs) == 2
+    assert all(len(result_lines(d)) == 2 for d in dirs)  # both trials finished
+    # The first trial's Train run finished once: it was not run again.
+    assert len(train_results[0].read_text().splitlines()) == 1
