@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"analysis: error: cannot write under {out}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    sys.stdout.write(texts[args.fmt])
+    sys.stdout.write(texts[args.fmt].rstrip("\n") + "\n")
+    sys.stdout.flush()
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +123,10 @@ class Spec:
         return MetricSpec(metric, metric, self.mode, self.scale, self.digits)
 
 
-def _specs_dir() -> Any:
-    return resources.files("analysis").joinpath("specs")
+def _specs_dir() -> Path:
+    # Beside this file (package data in a wheel too); importlib.resources misreads the package
+    # as a namespace under some editable installs.
+    return Path(__file__).resolve().parent / "specs"
 
 
 def list_specs() -> list[str]:

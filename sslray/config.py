@@ -156,6 +156,8 @@ class RunConfig(StrictModel):
             raw["backbone"].update(arch="small_resnet", width=8, blocks=(1, 1), small_stem=True)
         if "queue_size" in raw["method"]:
             raw["method"]["queue_size"] = batch * 4
+        if "source" in raw["method"]:  # cc: the source run is shrunk too, and k fits 256 images
+            raw["method"].update(source_smoke=True, k=min(raw["method"]["k"], 16))
         if "bn_splits" in raw["method"]:
             raw["method"]["bn_splits"] = min(raw["method"]["bn_splits"], 2)
         return RunConfig.model_validate(raw)

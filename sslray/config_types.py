@@ -101,9 +101,11 @@ class DataConfig(StrictModel):
 
 
 class BackboneConfig(StrictModel):
-    arch: Literal["resnet18", "resnet50", "small_resnet"] = "resnet50"  # MoCo/BYOL papers: R50
+    # MoCo/BYOL papers: R50. alexnet_small: an AlexNet-style conv tower (the Jigsaw++/CC target
+    # architecture) where `blocks` counts convs per stage (AlexNet: [1, 1, 3]).
+    arch: Literal["resnet18", "resnet50", "small_resnet", "alexnet_small"] = "resnet50"
     small_stem: bool = False  # 3x3 stride-1 conv1, no max-pool: the CIFAR recipes' stem
-    width: int = Field(default=32, ge=4)  # small_resnet: channels of the first stage
+    width: int = Field(default=32, ge=4)  # small_resnet, alexnet_small: first-stage channels
     blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet: BasicBlocks per stage (stride 1, 2, 2, ...)
 
     @model_validator(mode="after")

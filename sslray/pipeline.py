@@ -37,7 +37,7 @@ from sslray.config import (
     validate_raw,
 )
 from sslray.storage import Location, location
-from sslray.training.checkpoint import STATE_FILE, CheckpointError, load_state
+from sslray.training.checkpoint import FINAL_FILE, STATE_FILE, CheckpointError, load_state
 
 PSEUDO_LABELS = "pseudo_labels.npy"
 CLUSTERS_JSON = "clusters.json"
@@ -64,7 +64,14 @@ def source_config(cfg: RunConfig) -> RunConfig:
     """The source run's config: `method.source` (+ `source_set`), with the target's seed and
     resources (one pipeline = one allocation), shrunk when the target is a smoke run."""
     m: Any = cfg.method
-    path = resolve_config_path(m.source)
+    if finished_run(m.source) is not None:  # a finished run: its own config, used as it was
+        done = location(m.source)
+        raw = json.loads(done.read_text("config.json"))["config"]
+        return validate_raw(raw, source=str(done.uri))
+    try:
+        path = resolve_config_path(m.source)
+    except ConfigError as exc:
+        raise ConfigError("method.source", [f"method.source: {p}" for p in exc.problems]) from None
     raw = read_yaml(path)
     raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in m.source_set.items()])
     raw.update(seed=cfg.seed, name=f"{cfg.name}-source",
@@ -84,14 +91,17 @@ def finished_run(source: str) -> Location | None:
     return None
 
 
-def latest_checkpoint_state(run: Location, method: str) -> dict[str, Any]:
-    """The training state of a run directory's latest Ray Train checkpoint."""
-    infos = run.fs.get_file_info(pafs.FileSelector(run.path))
-    ckpts = sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint_"))
-    if not ckpts:
-        raise CheckpointError(f"{run.uri}: no checkpoint_* directory: the source run did not "
-                              f"finish an epoch; re-run the pipeline to train it")
-    data = run.read_bytes(ckpts[-1], STATE_FILE)
+def trained_state(run: Location, method: str) -> dict[str, Any]:
+    """A run directory's trained model: its final.pt, else its latest Ray Train checkpoint."""
+    if run.exists(FINAL_FILE):
+        data = run.read_bytes(FINAL_FILE)
+    else:
+        infos = run.fs.get_file_info(pafs.FileSelector(run.path))
+        ckpts = sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint_"))
+        if not ckpts:
+            raise CheckpointError(f"{run.uri}: neither {FINAL_FILE} nor a checkpoint_* "
+                                  f"directory: the run did not finish an epoch")
+        data = run.read_bytes(ckpts[-1], STATE_FILE)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / STATE_FILE).write_bytes(data)
         return load_state(Path(tmp) / STATE_FILE, method)
@@ -103,8 +113,7 @@ def run_source(cfg: RunConfig, loc: Location, verbose: bool) -> tuple[RunConfig,
     m: Any = cfg.method
     done = finished_run(m.source)
     if done is not None:
-        raw = json.loads(done.read_text("config.json"))["config"]
-        return validate_raw(raw, source=str(done.uri)), done
+        return source_config(cfg), done
     src_cfg, src_loc = source_config(cfg), loc.child("source")
     if src_loc.exists("result.json"):
         print(f"[pipeline] source: {src_loc.uri} finished earlier, reused", flush=True)
@@ -130,7 +139,7 @@ def cluster_stage(cfg_json: str, src_json: str, src_uri: str, out_uri: str) -> d
     m: Any = cfg.method
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    state = latest_checkpoint_state(location(src_uri), src.method.name)
+    state = trained_state(location(src_uri), src.method.name)
     method = build_method(src)
     method.load_state_dict(state["model"])
     encoder = LayerFeatures(method.feature_encoder(), m.layer).to(device)
@@ -148,6 +157,7 @@ def cluster_stage(cfg_json: str, src_json: str, src_uri: str, out_uri: str) -> d
         "objective": float(result.objective), "empty_clusters": int(result.empty_clusters),
         "sizes": [int(s) for s in result.sizes],
         "source": src_uri, "source_method": src.method.name,
+        "source_metrics": _final_metrics(location(src_uri)),
         "seconds": time.perf_counter() - start,
     }
     if (labels >= 0).all():
@@ -156,6 +166,14 @@ def cluster_stage(cfg_json: str, src_json: str, src_uri: str, out_uri: str) -> d
     out.save_npy(np.asarray(result.labels, dtype=np.int64), PSEUDO_LABELS)
     out.write_text(json.dumps(stats, indent=2, sort_keys=True), CLUSTERS_JSON)  # written last
     return stats
+
+
+def _final_metrics(run: Location) -> dict[str, float]:
+    """The source run's final eval metrics (its result.json's last line), for the cc reports."""
+    if not run.exists("result.json"):
+        return {}
+    last = json.loads(run.read_text("result.json").strip().splitlines()[-1])
+    return {k: float(v) for k, v in last.items() if k.startswith(("eval/", "transfer/"))}
 
 
 def run_clusters(cfg: RunConfig, src_cfg: RunConfig, src_loc: Location,

@@ -36,6 +36,12 @@ class Location:
         base, sep, query = self.uri.partition("?")  # keep query parameters (region, endpoint)
         return Location(self.fs, path, base.rstrip("/") + "/" + "/".join(parts) + sep + query)
 
+    def sibling(self, name: str) -> Location:
+        """Another file in this file's folder (e.g. clusters.json beside pseudo_labels.npy)."""
+        path = PurePosixPath(self.path).with_name(name).as_posix()
+        base, sep, query = self.uri.partition("?")
+        return Location(self.fs, path, base.rsplit("/", 1)[0] + "/" + name + sep + query)
+
     @property
     def name(self) -> str:
         return PurePosixPath(self.path).name

@@ -14,7 +14,27 @@ from tests.conftest import tiny_config
 SMOKE_METHOD = {
     "moco": {"name": "moco", "queue_size": 64, "dim": 16, "bn_splits": 2},
     "byol": {"name": "byol", "hidden_dim": 32, "proj_dim": 8, "tau_base": 0.99, "bn": "local"},
+    "jigsaw_pp": {"name": "jigsaw_pp", "num_permutations": 10, "crop_size": 24, "tile_size": 6,
+                  "jitter": 1, "channel_shift_px": 1, "tile_dim": 16, "hidden_dim": 32,
+                  "dropout": 0.0},
+    "supervised": {"name": "supervised"},
+    "cc": {"name": "cc", "source": "tiny", "k": 4},  # + a pseudo-labels file: smoke_method()
 }
+
+
+def smoke_method(name, tmp_path):
+    """SMOKE_METHOD[name]; cc also gets the pseudo-labels file the pipeline would write (here
+    the synthetic training split's true labels, so its kNN must beat chance too)."""
+    method = dict(SMOKE_METHOD[name])
+    if name == "cc":
+        import numpy as np
+
+        from sslray.data.datasets import load_arrays
+
+        labels = load_arrays(tiny_config().data, "train").labels.numpy()
+        np.save(tmp_path / "pseudo_labels.npy", labels)
+        method["pseudo_labels"] = str(tmp_path / "pseudo_labels.npy")
+    return method
 
 
 def test_every_registered_method_has_a_smoke_config():
@@ -22,8 +42,8 @@ def test_every_registered_method_has_a_smoke_config():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_smoke_train(name):
-    cfg = tiny_config(method=SMOKE_METHOD[name], train={"epochs": 2, "batch_size": 32})
+def test_smoke_train(name, tmp_path):
+    cfg = tiny_config(method=smoke_method(name, tmp_path), train={"epochs": 2, "batch_size": 32})
     seen = []
     metrics = fit(cfg, on_epoch_end=lambda m, t: seen.append(m), verbose=False)
     assert [m["epoch"] for m in seen] == [1.0, 2.0]
@@ -66,7 +86,9 @@ def test_byol_without_head_bn_has_none():
     assert not any(isinstance(m, nn.BatchNorm1d) for m in heads)
 
 
-@pytest.mark.parametrize("name", ["fmnist_moco_v2", "fmnist_moco_v1", "fmnist_byol"])
+@pytest.mark.parametrize(
+    "name", ["fmnist_moco_v2", "fmnist_moco_v1", "fmnist_byol", "fmnist_jigsaw_pp"]
+)
 def test_builtin_cpu_configs_smoke_train(name):
     from sslray.config import load_config
     from sslray.data.datasets import DEBIAN_FASHION_MNIST

@@ -102,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"run dir:  {run_dir}", flush=True)
     start = time.perf_counter()
     start_ray(args.address, cfg.resources.workers)
-    from sslray.training.worker import run_training
+    from sslray.pipeline import run_any
+    from sslray.storage import location
 
-    metrics = run_training(cfg, run_dir)
+    metrics = run_any(cfg, location(run_dir))
     wall = time.perf_counter() - start
     print(summary(cfg, metrics, wall))
     return 0 if metrics else 1

@@ -7,21 +7,32 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import Field
 
 from sslray.methods.byol import BYOL
+from sslray.methods.cluster_transfer import ClusterTransfer
+from sslray.methods.jigsaw_pp import JigsawPP
 from sslray.methods.moco import MoCo
 from sslray.methods.protocol import SSLMethod, StepOutput
+from sslray.methods.supervised import Supervised
 
 METHODS: dict[str, Any] = {
     "moco": MoCo,
     "byol": BYOL,
+    "jigsaw_pp": JigsawPP,
+    "supervised": Supervised,
+    "cc": ClusterTransfer,
 }
 
 METHOD_CONFIGS: dict[str, Any] = {name: cls.Config for name, cls in METHODS.items()}
 
 if TYPE_CHECKING:  # the static view of the union (extend it when registering a method)
     from sslray.methods.byol import BYOLConfig
+    from sslray.methods.cluster_transfer import ClusterTransferConfig
+    from sslray.methods.jigsaw_pp import JigsawPPConfig
     from sslray.methods.moco import MoCoConfig
+    from sslray.methods.supervised import SupervisedConfig
 
-    MethodConfig = MoCoConfig | BYOLConfig
+    MethodConfig = (
+        MoCoConfig | BYOLConfig | JigsawPPConfig | SupervisedConfig | ClusterTransferConfig
+    )
 elif len(METHOD_CONFIGS) > 1:
     MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
 else:

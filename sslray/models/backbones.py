@@ -1,4 +1,5 @@
-"""Backbones: torchvision ResNet-18/50 (optional small-image stem) and a small ResNet for CPUs.
+"""Backbones: torchvision ResNet-18/50 (optional small-image stem), a small ResNet for CPUs and
+an AlexNet-style small tower (`alexnet_small`).
 
 Every backbone maps (N, 3, H, W) -> (N, D) pooled features and carries `out_dim = D`.
 """
@@ -73,10 +74,48 @@ class TorchvisionResNet(nn.Module):
         return self.net(x)
 
 
+class AlexNetSmall(nn.Module):
+    """An AlexNet-style plain conv tower for 16-64 px inputs (no residuals): the knowledge-transfer
+    target architecture (Noroozi et al. 2018 train a standard AlexNet on the pseudo-labels).
+
+    Stage i: `blocks[i]` conv-BN-ReLU layers of width * 2**i channels, then AlexNet's overlapping
+    3x3 stride-2 max-pool (padding 1, so any input >= 1 px keeps a valid map). AlexNet's layout is
+    blocks (1, 1, 3): conv1-pool, conv2-pool, conv3-conv4-conv5-pool. conv1 is 5x5 stride 1 (the
+    11x11 stride-4 conv1 of 224 px AlexNet scaled to small images), the rest 3x3; BN stands in for
+    LRN. Global average pooling; `out_dim = width * 2**(len(blocks) - 1)`.
+    """
+
+    def __init__(
+        self, width: int, blocks: tuple[int, ...], norm_layer: Callable[[int], nn.Module]
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for i, n in enumerate(blocks):
+            out_ch = width * 2**i
+            for j in range(n):
+                k = 5 if i == 0 and j == 0 else 3
+                layers += [nn.Conv2d(in_ch, out_ch, k, 1, k // 2, bias=False),
+                           norm_layer(out_ch), nn.ReLU(inplace=True)]
+                in_ch = out_ch
+            layers.append(nn.MaxPool2d(3, 2, padding=1))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim: int = in_ch
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
 def build_backbone(
     cfg: BackboneConfig, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d
-) -> SmallResNet | TorchvisionResNet:
+) -> SmallResNet | TorchvisionResNet | AlexNetSmall:
     """Build the backbone a `BackboneConfig` describes."""
     if cfg.arch == "small_resnet":
         return SmallResNet(cfg.width, tuple(cfg.blocks), norm_layer)
+    if cfg.arch == "alexnet_small":
+        return AlexNetSmall(cfg.width, tuple(cfg.blocks), norm_layer)
     return TorchvisionResNet(cfg.arch, cfg.small_stem, norm_layer)

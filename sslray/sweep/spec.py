@@ -29,6 +29,7 @@ from sslray.config import (
     validate_raw,
 )
 from sslray.config_types import StrictModel
+from sslray.pipeline import source_config
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"  # the repository's sweep files
 
@@ -244,6 +245,8 @@ def expand(spec: SweepSpec, smoke: bool = False) -> list[Trial]:
                     cfg = validate_raw(trial_raw, source=f"{source} ({where})")
                     if smoke:
                         cfg = cfg.smoke()
+                    if cfg.method.name == "cc":  # the pipeline's source config, checked now
+                        source_config(cfg)
                 except ConfigError as exc:
                     problems.extend(f"{where}: {p}" for p in exc.problems)
                     continue

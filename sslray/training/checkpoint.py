@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 FORMAT_VERSION = 1
-STATE_FILE = "state.pt"
+STATE_FILE = "state.pt"  # one Ray Train checkpoint: the whole training state
+FINAL_FILE = "final.pt"  # a run directory's trained model, written after the last epoch
 
 
 class CheckpointError(ValueError):

@@ -279,6 +279,8 @@ def fit(
         encoder = trainer.method.feature_encoder()
         trainer.extra.update(evaluator(encoder, suffix="_init"))
         trainer.extra.update(evaluator.transfer(encoder, suffix="_init"))
+    # Constants a method wants in every report (cc: the clustering's NMI, k, the source's kNN).
+    trainer.extra.update(getattr(trainer.method, "run_metrics", {}))
     progress = EpochProgress(
         cfg.train.epochs, stream.steps_per_epoch, enabled=verbose and rank == 0
     )

@@ -25,7 +25,7 @@ from ray.train.v2.api.config import LoggingConfig
 
 from sslray.config import RunConfig
 from sslray.storage import Location, location
-from sslray.training.checkpoint import STATE_FILE, load_state, save_state
+from sslray.training.checkpoint import FINAL_FILE, STATE_FILE, load_state, save_state
 from sslray.training.loop import Trainer, fit
 
 # Fault injection for tests: SIGKILL the rank-0 worker process once after this epoch.
@@ -54,10 +54,20 @@ def _quiet_ray_train_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def save_final_model(state: dict[str, Any], run: Location, tmp: Path) -> None:
+    """`final.pt` in the run directory: the trained model (no optimiser), for later stages
+    (the cc pipeline's k-means) and evaluation. Written before the last report, so a trial
+    that a scheduler stops right after it still has it; Ray Train local mode keeps no
+    checkpoints, so this file is the one artifact every mode leaves."""
+    model_only = {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
+    save_state(model_only, tmp / FINAL_FILE)
+    run.write_bytes((tmp / FINAL_FILE).read_bytes(), FINAL_FILE)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     _quiet_ray_train_logs()
     cfg = RunConfig.model_validate_json(config["cfg"])
-    run_dir = Path(config["run_dir"])
+    run_loc = location(config["run_dir"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     resume = None
@@ -72,11 +82,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                save_state(trainer.state_dict(), Path(tmp) / STATE_FILE)
+                state = trainer.state_dict()
+                save_state(state, Path(tmp) / STATE_FILE)
                 checkpoint = Checkpoint.from_directory(tmp)
+                if int(metrics["epoch"]) == cfg.train.epochs:
+                    save_final_model(state, run_loc, Path(tmp))
             ray.train.report(metrics, checkpoint=checkpoint)
-        if rank == 0:
-            _maybe_inject_fault(config.get("fault"), int(metrics["epoch"]), run_dir)
+        if rank == 0 and run_loc.is_local:
+            _maybe_inject_fault(config.get("fault"), int(metrics["epoch"]), Path(run_loc.path))
 
     def wrap(model: Any) -> Any:
         # MoCo's queue is identical on every worker and the key encoder is not trained, so
@@ -117,7 +130,7 @@ def run_training(
         train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={
             "cfg": cfg.model_dump_json(),
-            "run_dir": loc.path,
+            "run_dir": loc.uri,
             "fault": os.environ.get(FAULT_ENV),
             "verbose": verbose,  # read here: workers do not see the driver's env
         },

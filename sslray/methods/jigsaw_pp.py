@@ -1,0 +1,160 @@
+"""Jigsaw++: solve a 3x3 jigsaw puzzle in which 0-2 tiles come from another image.
+
+Noroozi, Vinjimoor, Favaro, Pirsiavash 2018 ("Boosting self-supervised learning via knowledge
+transfer"), on Jigsaw (Noroozi & Favaro 2016). Recipe from the authors' released caffe code
+(train_val_cfn_jps++.prototxt, data_transformer.cpp, merge_data_layer.cpp, commit d18dace); see
+../shared/notes/peers.md sections 3.1-3.2 and `sslray.data.jigsaw` for the puzzle conventions.
+The classifier predicts the permutation index among `num_permutations`: chance is 1 / P and the
+loss at initialisation is about log P (6.55 for P = 701).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from sslray.config_types import AugmentConfig, StrictModel
+from sslray.data.jigsaw import Puzzles, load_or_make_permutations, make_puzzles
+from sslray.methods.protocol import StepOutput, feature_std
+from sslray.models import build_backbone
+
+# The crop the puzzle is cut from. The authors take a fixed 255 px crop of a 256 px (short side)
+# image, about 3/4 of its area, no colour jitter (the puzzle has its own grayscale and channel
+# shift). Chosen: area 0.5-1 stands in for that, flip 0.5 (a mirrored image is still a puzzle).
+JIGSAW_CROP = AugmentConfig(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+
+
+class JigsawPPConfig(StrictModel):
+    name: Literal["jigsaw_pp"] = "jigsaw_pp"
+    num_permutations: int = Field(default=701, ge=2)  # Jigsaw++ code: permutations_701.bin
+    permutation_seed: int = 0  # chosen: the set ignores the run's seed (same set across seeds)
+    grid: int = Field(default=3, ge=2)  # Jigsaw/Jigsaw++: 3x3 tiles (prototxt siamese_size 9)
+    crop_size: int = Field(default=255, ge=2)  # Jigsaw++ code: crop_size 255 -> 85 px cells
+    tile_size: int = Field(default=64, ge=1)  # Jigsaw++ code: patch_size 64
+    jitter: int = Field(default=18, ge=0)  # Jigsaw++ code: jitter_size 18, offset rand()%19
+    channel_shift_px: int = Field(default=2, ge=0)  # Jigsaw++ code: + rand()%3 per channel
+    channel_shift_p: float = Field(default=1.0, ge=0, le=1)  # Jigsaw++ code: every tile
+    # Whole puzzle to grayscale: released code rand()%10 >= 5, i.e. 0.5; the paper text says 70%.
+    grayscale_p: float = Field(default=0.5, ge=0, le=1)
+    # P(j foreign tiles), j = 0, 1, ...: code num_sub = rand()%3 (+ min_substitute 0) -> uniform
+    # over {0, 1, 2}; the paper only says "0 to 2". The tuple's length sets the maximum.
+    occlusion_probs: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
+    tile_dim: int = Field(default=1024, ge=1)  # prototxt: fc6 1024 per tile
+    hidden_dim: int = Field(default=4096, ge=1)  # prototxt: fc7 4096 over the 9 x 1024 concat
+    # prototxt: dropout 0.5 after fc6; the same after fc7 as in CaffeNet (chosen, not verified).
+    dropout: float = Field(default=0.5, ge=0, lt=1)
+    augment: AugmentConfig = JIGSAW_CROP
+
+    @model_validator(mode="after")
+    def _geometry(self) -> JigsawPPConfig:
+        k = self.grid * self.grid
+        if self.crop_size % self.grid:
+            raise ValueError(f"crop_size {self.crop_size} must be divisible by grid {self.grid}")
+        cell = self.crop_size // self.grid
+        if self.tile_size + self.jitter + self.channel_shift_px > cell:
+            raise ValueError(
+                f"tile_size {self.tile_size} + jitter {self.jitter} + channel_shift_px "
+                f"{self.channel_shift_px} must fit in a cell of {cell} px (crop_size / grid)"
+            )
+        if self.num_permutations > math.factorial(k):
+            raise ValueError(f"num_permutations must be <= {k}! = {math.factorial(k)}")
+        probs = self.occlusion_probs
+        if not probs or min(probs) < 0 or abs(sum(probs) - 1) > 1e-6 or len(probs) > k:
+            raise ValueError(
+                f"occlusion_probs must be probabilities summing to 1, at most {k} of them "
+                f"(at least one own tile stays), got {probs}"
+            )
+        return self
+
+    @property
+    def gap(self) -> int:
+        """Slack of a cell around its tile (Jigsaw++: 85 - 64 = 21 px)."""
+        return self.crop_size // self.grid - self.tile_size
+
+
+def jigsaw_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the permutation classifier, in fp32 even under autocast.
+
+    logits: (B, P) scores over the permutation set; labels: (B,) int64 indices in [0, P).
+    About log P at initialisation (chance accuracy 1 / P).
+    """
+    with torch.autocast(logits.device.type, enabled=False):
+        return F.cross_entropy(logits.float(), labels)
+
+
+class JigsawPP(nn.Module):
+    """Siamese tile encoder (shared weights over the K tiles) -> fc6 per tile -> concat -> fc7 ->
+    permutation classifier. `feature_encoder()` is the tile encoder applied to whole images."""
+
+    Config = JigsawPPConfig
+
+    def __init__(self, run_cfg: Any, num_samples: int | None = None) -> None:
+        super().__init__()
+        cfg: JigsawPPConfig = run_cfg.method
+        self.cfg = cfg
+        self.channels_last = bool(run_cfg.train.channels_last)
+        self.backbone = build_backbone(run_cfg.backbone)
+        k = cfg.grid * cfg.grid
+        self.fc6 = nn.Sequential(
+            nn.Linear(self.backbone.out_dim, cfg.tile_dim), nn.ReLU(inplace=True),
+            nn.Dropout(cfg.dropout),
+        )
+        self.classifier = nn.Sequential(  # fc7 + fc8 over the (B, K * tile_dim) concatenation
+            nn.Linear(k * cfg.tile_dim, cfg.hidden_dim), nn.ReLU(inplace=True),
+            nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden_dim, cfg.num_permutations),
+        )
+        perms = load_or_make_permutations(cfg.num_permutations, cfg.grid, cfg.permutation_seed)
+        # (P, K) int64; a buffer, so checkpoints carry the set and a resumed run keeps it.
+        self.permutations: torch.Tensor
+        self.register_buffer("permutations", torch.from_numpy(perms))
+        self.view_augs = (cfg.augment,)
+        self.wants_sync_bn = False
+
+    def feature_encoder(self) -> nn.Module:
+        return self.backbone
+
+    def puzzles(self, x: torch.Tensor) -> Puzzles:
+        """Normalised views (B, C, S, S) -> `Puzzles` cut from crops resized to crop_size."""
+        cfg = self.cfg
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            if x.shape[-1] != cfg.crop_size or x.shape[-2] != cfg.crop_size:
+                x = F.interpolate(x, size=(cfg.crop_size, cfg.crop_size), mode="bilinear",
+                                  align_corners=False, antialias=x.shape[-1] > cfg.crop_size)
+            # Grayscale acts on dataset-normalised values: a luma of (x - m) / s, which per-tile
+            # MVN turns into the luma of x up to the small spread of the per-channel s.
+            return make_puzzles(
+                x, self.permutations, cfg.tile_size, jitter=cfg.jitter,
+                channel_shift_px=cfg.channel_shift_px, channel_shift_p=cfg.channel_shift_p,
+                grayscale_p=cfg.grayscale_p, occlusion_probs=cfg.occlusion_probs,
+            )
+
+    def logits(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tiles (B, K, C, t, t) -> permutation logits (B, P) and tile features (B * K, D)."""
+        b, k = tiles.shape[:2]
+        flat = tiles.flatten(0, 1)  # (B * K, C, t, t): one pass of the shared-weight encoder
+        if self.channels_last:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        feats = self.backbone(flat)  # (B * K, D)
+        per_tile = self.fc6(feats).view(b, k * self.cfg.tile_dim)  # concat in position order
+        return self.classifier(per_tile), feats
+
+    def training_step(self, batch: Any) -> StepOutput:
+        (x,) = batch.views
+        p = self.puzzles(x)
+        logits, feats = self.logits(p.tiles)
+        loss = jigsaw_loss(logits, p.labels)
+        acc = (logits.detach().argmax(dim=1) == p.labels).float().mean()
+        metrics = {"loss": loss.detach(), "pretext_acc": acc, "feature_std": feature_std(feats)}
+        return StepOutput(loss, metrics)
+
+    def forward(self, batch: Any) -> StepOutput:
+        return self.training_step(batch)  # DDP hooks run on forward()
+
+    def after_optimizer_step(self, progress: float) -> None:
+        pass  # no momentum encoder
