@@ -9,8 +9,10 @@ FMNIST_LOCAL := $(or $(SSLRAY_DATA),data)/fashion_mnist/train-images-idx3-ubyte.
 
 .PHONY: demo test install data lint clean
 
+# The quickstart sweep (sweeps/quickstart.yaml): every method, 2 seeds, on Ray Tune; prints its
+# table and writes it (md/tex/csv) and its figure under runs/sweeps/quickstart/.
 demo: install data
-	$(VENV)/bin/sslray run fmnist_moco_v2 --workers 2 --output runs/demo --overwrite
+	$(VENV)/bin/sslray sweep quickstart --overwrite
 
 test: install data
 	$(PY) -m pytest -q tests

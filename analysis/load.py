@@ -194,14 +194,18 @@ def _cluster_scores(trial: Path) -> dict[str, float]:
 
 
 def _status(trial: Path, results: list[dict[str, Any]], epochs: Any) -> str:
+    last = results[-1] if results else {}
+    epoch = last.get("epoch")
+    reached = (isinstance(epochs, int | float) and isinstance(epoch, int | float)
+               and epoch >= epochs)
+    if reached:  # all epochs reported: finished, even when an earlier attempt left error.txt
+        return FINISHED  # (a trial retried by `sslray sweep --resume` keeps the old error.txt)
     if (trial / "error.txt").exists():
         return ERRORED
     if not results:
         return NO_RESULT
-    last = results[-1]
-    epoch = last.get("epoch")
     if isinstance(epochs, int | float) and isinstance(epoch, int | float):
-        return FINISHED if epoch >= epochs else STOPPED
+        return STOPPED
     # No configured epoch count to compare with: trust Tune's own flag.
     return FINISHED if last.get("done") else STOPPED
 

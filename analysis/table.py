@@ -126,6 +126,21 @@ def _mark_best(cells: list[Cell], column: MetricSpec) -> list[Cell]:
     ]
 
 
+def _init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
+    """One random-init row per backbone: a sweep that trains different architectures (the cc
+    target is an AlexNet-style tower, the others ResNets) must not average their inits."""
+    keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks") if c in trials]
+    if not keys or len(trials) == 0:
+        return [(label, trials)]
+    groups = [(k if isinstance(k, tuple) else (k,), g)
+              for k, g in trials.groupby([trials[c].map(str) for c in keys], sort=True)]
+    if len(groups) == 1:
+        return [(label, trials)]
+    archs = [key[0] for key, _ in groups]
+    return [(f"{label} ({key[0]}" + (f", width {key[1]}" if archs.count(key[0]) > 1 else "")
+             + ")", g) for key, g in groups]
+
+
 def _init_cell(trials: pd.DataFrame, metric: MetricSpec) -> Cell:
     column = f"{metric.metric}_init"  # transfer/digits/knn_top1 -> transfer/digits/knn_top1_init
     if column not in trials.columns:
@@ -228,15 +243,16 @@ def build_table(df: pd.DataFrame, spec: Spec, meta: dict[str, Any] | None = None
         for i, key in enumerate(row_keys)
     ]
     if spec.init_row and not spec.is_pivot:
-        rows.append(
-            Row(
-                key=None,
-                label=spec.init_row,
-                cells=tuple(_init_cell(trials, m) for m in columns),
-                paper=spec.paper.get(spec.init_row),
-                is_init=True,
+        for label, group in _init_groups(trials, spec.init_row):
+            rows.append(
+                Row(
+                    key=None,
+                    label=label,
+                    cells=tuple(_init_cell(group, m) for m in columns),
+                    paper=spec.paper.get(spec.init_row),
+                    is_init=True,
+                )
             )
-        )
 
     caption = build_caption(
         spec,

@@ -173,7 +173,8 @@ def _final_metrics(run: Location) -> dict[str, float]:
     if not run.exists("result.json"):
         return {}
     last = json.loads(run.read_text("result.json").strip().splitlines()[-1])
-    return {k: float(v) for k, v in last.items() if k.startswith(("eval/", "transfer/"))}
+    keep = ("eval/", "transfer/", "train/")
+    return {k: float(v) for k, v in last.items() if k.startswith(keep)}
 
 
 def run_clusters(cfg: RunConfig, src_cfg: RunConfig, src_loc: Location,
@@ -191,8 +192,10 @@ def run_clusters(cfg: RunConfig, src_cfg: RunConfig, src_loc: Location,
     if cfg.resources.workers > 0 and ray.is_initialized():
         # On the cluster, where a worker would run: one worker's CPUs (+ GPU for faiss).
         res = cfg.resources
+        # "DEFAULT": outside the Tune trial's placement group (a 0.01-CPU driver sliver).
         task = ray.remote(cluster_stage).options(
-            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0)
+            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0,
+            scheduling_strategy="DEFAULT")
         stats: dict[str, Any] = ray.get(task.remote(*args))
     else:
         stats = cluster_stage(*args)

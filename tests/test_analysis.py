@@ -61,6 +61,7 @@ SHIPPED = [
     "byol_batch_size",
     "byol_predictor",
     "byol_tau",
+    "cc_sources",
     "jigsaw_clusters",
     "methods_imagenet",
     "moco_dictionary",
@@ -272,6 +273,28 @@ def test_init_row_averages_within_seed_then_across_seeds(df, meta):
     assert knn.mean == pytest.approx(53.0)
     assert knn.std == pytest.approx(2.0 * math.sqrt(2))  # 2.83; trial pooling would give 2.58
     assert not knn.best  # the baseline never competes for bold
+
+
+def test_init_rows_split_by_backbone(df, meta):
+    """A cc target (alexnet_small) and a ResNet never share a random-init row."""
+    mixed = df.copy()
+    mixed["backbone.arch"] = ["alexnet_small" if s == 0 else "small_resnet"
+                              for s in mixed["seed"]]
+    rows = [r for r in build_table(mixed, small_spec(), meta).rows if r.is_init]
+    assert [r.label for r in rows] == ["random init (alexnet_small)", "random init (small_resnet)"]
+    assert all(r.cells[0].n == 1 for r in rows)  # one seed each
+    assert [r.cells[0].mean for r in rows] == [pytest.approx(51.0), pytest.approx(55.0)]
+
+
+def test_retried_trial_that_finished_is_finished(tmp_path):
+    """`sslray sweep --resume` retries an errored trial; its old error.txt stays behind."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(FIXTURE, copy)
+    finished = next(d for d in sorted(copy.iterdir()) if (d / "config.json").is_file()
+                    and load_sweep(copy).set_index("trial_dir").loc[str(d), "status"] == FINISHED)
+    (finished / "error.txt").write_text("an earlier attempt failed")
+    frame = load_sweep(copy).set_index("trial_dir")
+    assert frame.loc[str(finished), "status"] == FINISHED
 
 
 def test_include_stopped_and_single_trial_cells(df, meta):

@@ -36,7 +36,9 @@ def test_wrong_type_and_range_name_the_key():
 def test_unknown_method_lists_registered():
     with pytest.raises(ConfigError) as exc:
         validate_raw(tiny_raw(method={"name": "simclr"}))
-    assert exc.value.problems == ["method.name: unknown method 'simclr' (registered: byol, cc, jigsaw_pp, moco, supervised)"]
+    assert exc.value.problems == [
+        "method.name: unknown method 'simclr' (registered: byol, cc, jigsaw_pp, moco, supervised)"
+    ]
 
 
 def test_queue_must_hold_whole_batches():

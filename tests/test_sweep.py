@@ -106,6 +106,13 @@ def test_concurrency_follows_the_cluster(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_names_a_shipped_table(path: Path) -> None:
+    from analysis import list_specs
+
+    assert load_sweep(path).table in list_specs()
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_validates(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = path.read_text()
     assert text.startswith("#") and "sslray " in text.split("\nname:")[0]  # opens with the command
@@ -163,6 +170,29 @@ def test_real_tune_sweep_with_asha(ray_session: Any, tmp_path: Path) -> None:
              for d in dirs}
     assert temps == {0.1, 0.2}
     assert (sweep_dir / ".aim").is_dir()  # AimLoggerCallback's repository (`aim up --repo ...`)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_cc_pipeline_inside_a_tune_trial(ray_session: Any, tmp_path: Path) -> None:
+    """All three cc stages inside one Tune trial: the k-means task must escape the trial's
+    0.01-CPU placement group, and the target's reports carry the clustering's NMI."""
+    from sslray.sweep.runner import run_sweep
+
+    source = tmp_path / "source.yaml"
+    source.write_text(yaml.safe_dump(tiny_raw(train={"epochs": 1, "batch_size": 32})))
+    base = tiny_raw(method={"name": "cc", "source": str(source), "k": 4, "kmeans_iters": 5},
+                    backbone={"arch": "alexnet_small", "width": 8, "blocks": [1, 1]},
+                    train={"epochs": 1, "batch_size": 32})
+    spec = load_sweep(write_sweep(tmp_path, base=base, grid={}, seeds=[0],
+                                  resources={"workers": 1, "cpus_per_worker": 0.5}))
+    results = run_sweep(spec, expand(spec))
+    assert all(r.error is None for r in results), [str(r.error)[-2000:] for r in results]
+    (trial,) = trial_dirs(tmp_path / "sweeps" / "t")
+    last = result_lines(trial)[-1]
+    clusters = json.loads(next(trial.glob("train-*/clusters/clusters.json")).read_text())
+    assert last["cluster/nmi"] == pytest.approx(clusters["nmi"]) and last["cluster/k"] == 4
+    assert "source/eval/knn_top1" in last
 
 
 @pytest.mark.ray

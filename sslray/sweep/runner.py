@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -165,7 +166,16 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
     if exists:
         loc.fs.delete_dir(loc.path)
     write_sweep_json(spec, trials, loc, smoke)
-    conc = max_concurrent(spec, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    conc = max_concurrent(spec, cluster)
+    res = spec.resources
+    short = [f"{need:g} {name} (the cluster has {cluster.get(name, 0):g})"
+             for name, need in (("CPU", res.trial_cpus), ("GPU", res.trial_gpus))
+             if need > cluster.get(name, 0.0)]
+    if short:  # an autoscaling cluster may still grow; a fixed one never runs the trials
+        print(f"sslray: warning: one trial needs {' and '.join(short)}; trials wait until the "
+              f"cluster grows (lower resources.cpus_per_worker / workers to run here)",
+              file=sys.stderr, flush=True)
     parent = location(spec.storage)
     tuner = ray.tune.Tuner(
         trainable,
