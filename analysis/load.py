@@ -170,6 +170,12 @@ def _final_metrics(last: dict[str, Any]) -> dict[str, Any]:
             out[key] = last[key]
     if "wall_s" not in out and isinstance(last.get("time_total_s"), int | float):
         out["wall_s"] = float(last["time_total_s"])
+    # A pipeline (cc) reports its earlier stages' cost as source/... and cluster/...: the trial's
+    # cost is the sum over its stages.
+    for key in ("device_hours", "wall_s"):
+        stages = [v for k, v in out.items() if k.endswith("/" + key) and isinstance(v, int | float)]
+        if stages and isinstance(out.get(key), int | float):
+            out[key] = float(out[key]) + float(sum(stages))
     return out
 
 

@@ -18,14 +18,12 @@ Places" split of data is a `data` difference between source and target configs).
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.fs as pafs
 import torch
 
 from sslray.config import (
@@ -37,7 +35,7 @@ from sslray.config import (
     validate_raw,
 )
 from sslray.storage import Location, location
-from sslray.training.checkpoint import FINAL_FILE, STATE_FILE, CheckpointError, load_state
+from sslray.training.checkpoint import load_trained_state
 
 PSEUDO_LABELS = "pseudo_labels.npy"
 CLUSTERS_JSON = "clusters.json"
@@ -54,6 +52,7 @@ def run_any(cfg: RunConfig, loc: Location, *, callbacks: Sequence[Any] = (),
     from sslray.training.worker import run_training
 
     if cfg.method.name != "cc":
+        write_config(cfg, loc)  # every run directory holds its resolved config
         return run_training(cfg, loc, callbacks=callbacks, verbose=verbose)
     return run_cluster_transfer(cfg, loc, callbacks=callbacks, verbose=verbose)
 
@@ -91,22 +90,6 @@ def finished_run(source: str) -> Location | None:
     return None
 
 
-def trained_state(run: Location, method: str) -> dict[str, Any]:
-    """A run directory's trained model: its final.pt, else its latest Ray Train checkpoint."""
-    if run.exists(FINAL_FILE):
-        data = run.read_bytes(FINAL_FILE)
-    else:
-        infos = run.fs.get_file_info(pafs.FileSelector(run.path))
-        ckpts = sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint_"))
-        if not ckpts:
-            raise CheckpointError(f"{run.uri}: neither {FINAL_FILE} nor a checkpoint_* "
-                                  f"directory: the run did not finish an epoch")
-        data = run.read_bytes(ckpts[-1], STATE_FILE)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / STATE_FILE).write_bytes(data)
-        return load_state(Path(tmp) / STATE_FILE, method)
-
-
 def run_source(cfg: RunConfig, loc: Location, verbose: bool) -> tuple[RunConfig, Location]:
     from sslray.training.worker import run_training
 
@@ -139,7 +122,7 @@ def cluster_stage(cfg_json: str, src_json: str, src_uri: str, out_uri: str) -> d
     m: Any = cfg.method
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    state = trained_state(location(src_uri), src.method.name)
+    state = load_trained_state(location(src_uri), src.method.name)
     method = build_method(src)
     method.load_state_dict(state["model"])
     encoder = LayerFeatures(method.feature_encoder(), m.layer).to(device)
@@ -160,6 +143,9 @@ def cluster_stage(cfg_json: str, src_json: str, src_uri: str, out_uri: str) -> d
         "source_metrics": _final_metrics(location(src_uri)),
         "seconds": time.perf_counter() - start,
     }
+    res = cfg.resources  # the task holds one worker's devices
+    per = res.gpus_per_worker if device.type == "cuda" else res.cpus_per_worker
+    stats.update(wall_s=stats["seconds"], device_hours=stats["seconds"] * per / 3600)
     if (labels >= 0).all():
         stats.update(nmi=nmi(result.labels, labels), purity=purity(result.labels, labels))
     out = location(out_uri)
@@ -174,7 +160,8 @@ def _final_metrics(run: Location) -> dict[str, float]:
         return {}
     last = json.loads(run.read_text("result.json").strip().splitlines()[-1])
     keep = ("eval/", "transfer/", "train/")
-    return {k: float(v) for k, v in last.items() if k.startswith(keep)}
+    return {k: float(v) for k, v in last.items()
+            if k.startswith(keep) or k in ("device_hours", "wall_s")}
 
 
 def run_clusters(cfg: RunConfig, src_cfg: RunConfig, src_loc: Location,
@@ -220,4 +207,5 @@ def run_cluster_transfer(cfg: RunConfig, loc: Location, *, callbacks: Sequence[A
     m: Any = cfg.method
     print(f"[pipeline] 3/3 target: {target.backbone.arch} classifies {m.k} clusters "
           f"({target.train.epochs} epochs)", flush=True)
+    write_config(target, loc)
     return run_training(target, loc, callbacks=callbacks, verbose=verbose)

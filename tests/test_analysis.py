@@ -505,3 +505,12 @@ def test_imports_neither_torch_nor_ray():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_pipeline_cost_sums_its_stages():
+    from analysis.load import _final_metrics
+
+    out = _final_metrics({"epoch": 2.0, "device_hours": 0.5, "wall_s": 100.0,
+                          "source/device_hours": 0.25, "source/wall_s": 40.0,
+                          "cluster/device_hours": 0.125, "cluster/wall_s": 5.0})
+    assert out["device_hours"] == 0.875 and out["wall_s"] == 145.0

@@ -13,7 +13,7 @@ from sslray.methods import METHODS
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "ls",
-        help="list registered methods and built-in configs",
+        help="list registered methods, built-in configs and sweep files",
         description="List the registered SSL methods and the run configs shipped with sslray.",
         epilog="example: sslray ls",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -32,4 +32,12 @@ def run(args: argparse.Namespace) -> int:
         desc = raw.get("name", name)
         print(f"  {name:<18} method={raw.get('method', {}).get('name', 'moco')} "
               f"data={raw.get('data', {}).get('dataset', 'fashion_mnist')} ({desc})")
+    from sslray.sweep.spec import SWEEPS_DIR
+
+    sweeps = sorted(SWEEPS_DIR.glob("*.yaml"))
+    if sweeps:
+        print(f"sweeps (sslray sweep <name>; in {SWEEPS_DIR}):")
+        for path in sweeps:
+            raw = read_yaml(path)
+            print(f"  {path.stem:<18} table={raw.get('table')}")
     return 0

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sslray.cli import ls_cmd, run_cmd, sweep_cmd, table_cmd, validate_cmd
+from sslray.cli import eval_cmd, ls_cmd, run_cmd, sweep_cmd, table_cmd, validate_cmd
 
 COMMANDS = {
-    "ls": ls_cmd, "validate": validate_cmd, "run": run_cmd, "sweep": sweep_cmd,
-    "table": table_cmd,
+    "ls": ls_cmd, "validate": validate_cmd, "run": run_cmd, "eval": eval_cmd,
+    "sweep": sweep_cmd, "table": table_cmd,
 }
 
 

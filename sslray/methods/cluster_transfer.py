@@ -17,8 +17,8 @@ from pydantic import Field
 from torch import nn
 
 from sslray.config_types import AugmentConfig, StrictModel
-from sslray.methods.protocol import StepOutput, feature_std
-from sslray.methods.supervised import CLASSIFICATION_VIEW, classification_loss, classifier
+from sslray.methods.protocol import StepOutput
+from sslray.methods.supervised import CLASSIFICATION_VIEW, classification_step, classifier
 from sslray.models import build_backbone
 from sslray.storage import location
 
@@ -91,7 +91,8 @@ def clustering_metrics(cfg: ClusterTransferConfig) -> dict[str, float]:
     if not info_file.exists():
         return {}
     info = json.loads(info_file.read_text())
-    out = {f"cluster/{k}": float(info[k]) for k in ("nmi", "purity", "k") if k in info}
+    keys = ("nmi", "purity", "k", "wall_s", "device_hours")  # the last two: the stage's cost
+    out = {f"cluster/{k}": float(info[k]) for k in keys if k in info}
     out.update({f"source/{k}": float(v) for k, v in info.get("source_metrics", {}).items()})
     return out
 
@@ -129,13 +130,9 @@ class ClusterTransfer(nn.Module):
         return self.pseudo_labels[index.to(self.pseudo_labels.device)]
 
     def training_step(self, batch: Any) -> StepOutput:
-        (view,) = batch.views
-        h = self.backbone(view)  # (N, D)
-        loss, acc = classification_loss(self.classifier(h), self.targets(batch.index))
         # train_acc: agreement with the pseudo-labels (not with the true labels)
-        return StepOutput(
-            loss, {"loss": loss.detach(), "train_acc": acc, "feature_std": feature_std(h)}
-        )
+        return classification_step(self.backbone, self.classifier, batch,
+                                   self.targets(batch.index))
 
     def forward(self, batch: Any) -> StepOutput:
         return self.training_step(batch)

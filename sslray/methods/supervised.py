@@ -51,6 +51,17 @@ def classification_loss(
     return loss, acc
 
 
+def classification_step(backbone: nn.Module, head: nn.Module, batch: Any,
+                        targets: torch.Tensor) -> StepOutput:
+    """Cross-entropy of head(backbone(view)) against `targets` (B,) on the batch's one view;
+    metrics loss, train_acc (agreement with the targets) and feature_std."""
+    (view,) = batch.views
+    h = backbone(view)  # (N, D)
+    loss, acc = classification_loss(head(h), targets)
+    return StepOutput(loss, {"loss": loss.detach(), "train_acc": acc,
+                             "feature_std": feature_std(h)})
+
+
 def classifier(in_dim: int, num_classes: int) -> nn.Linear:
     """fc layer with MoCo's linear-classifier init (main_lincls.py: N(0, 0.01), bias 0): logits
     start near 0, so the initial loss is about log(num_classes)."""
@@ -103,12 +114,7 @@ class Supervised(nn.Module):
         return self.backbone
 
     def training_step(self, batch: Any) -> StepOutput:
-        (view,) = batch.views
-        h = self.backbone(view)  # (N, D)
-        loss, acc = classification_loss(self.classifier(h), batch.labels)
-        return StepOutput(
-            loss, {"loss": loss.detach(), "train_acc": acc, "feature_std": feature_std(h)}
-        )
+        return classification_step(self.backbone, self.classifier, batch, batch.labels)
 
     def forward(self, batch: Any) -> StepOutput:
         return self.training_step(batch)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
+
+from sslray.storage import Location
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"  # one Ray Train checkpoint: the whole training state
@@ -46,3 +50,21 @@ def load_state(path: Path, method: str | None = None) -> dict[str, Any]:
             f"Resume with the config that wrote it, or start a new run directory."
         )
     return state
+
+
+def load_trained_state(run: Location, method: str | None = None) -> dict[str, Any]:
+    """A run directory's trained model: its final.pt, else its latest Ray Train checkpoint."""
+    if not run.exists():
+        raise CheckpointError(f"{run.uri}: no such run directory")
+    if run.exists(FINAL_FILE):
+        data = run.read_bytes(FINAL_FILE)
+    else:
+        infos = run.fs.get_file_info(pafs.FileSelector(run.path))
+        ckpts = sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint_"))
+        if not ckpts:
+            raise CheckpointError(f"{run.uri}: neither {FINAL_FILE} nor a checkpoint_* "
+                                  f"directory: the run did not finish an epoch")
+        data = run.read_bytes(ckpts[-1], STATE_FILE)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / STATE_FILE).write_bytes(data)
+        return load_state(Path(tmp) / STATE_FILE, method)

@@ -1,0 +1,43 @@
+"""Evaluate a finished run directory again: other probes, the paper protocol, other datasets.
+
+The run's own `config.json` rebuilds the model, its `final.pt` (or latest checkpoint) fills it,
+and `eval.*` overrides choose what to measure, so a sweep's runs can be probed again without
+pre-training them again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sslray.config import RunConfig
+from sslray.methods import build_method
+from sslray.storage import Location
+from sslray.training.checkpoint import load_trained_state
+from sslray.training.loop import Evaluator, load_train_split
+
+
+def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | None = None,
+                 at_init: bool = False) -> dict[str, float]:
+    """eval/* and transfer/* metrics of the run's trained encoder as `cfg.eval` says.
+
+    `at_init`: also measure the same architecture at its random initialisation (suffix _init).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = load_trained_state(run, cfg.method.name)
+    data = load_train_split(cfg)
+    torch.manual_seed(cfg.seed)  # the run's initial weights, for the _init baseline
+    method: Any = build_method(cfg, num_samples=len(data)).to(device)
+    evaluator = Evaluator(cfg, device, train=data)
+    out: dict[str, float] = {}
+    if at_init:
+        out.update(evaluator(method.feature_encoder(), suffix="_init"))
+        out.update(evaluator.transfer(method.feature_encoder(), suffix="_init"))
+    method.load_state_dict(state["model"])
+    encoder = method.feature_encoder()
+    out.update(evaluator(encoder))
+    out.update(evaluator.transfer(encoder))
+    if cfg.eval.linear_paper_epochs:
+        out.update(evaluator.linear_paper(encoder))
+    return {"epoch": float(state["epoch"]), **out}
