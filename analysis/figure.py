@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.table import Table
+from analysis.table import Table, init_groups
 from analysis.values import fmt_value, lookup, norm_value
 
 __all__ = ["save_figure"]
@@ -63,6 +63,9 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
         else:
             groups = [(None, trials)]
         all_x = sorted({norm_value(v) for v in trials[fig_spec.x].dropna()})
+        if fig_spec.x == spec.rows and spec.row_order:  # categories in the table's row order
+            order = [norm_value(v) for v in spec.row_order]
+            all_x.sort(key=lambda v: order.index(v) if v in order else len(order))
         for value, group in groups:
             points = _series_points(group, fig_spec.x, fig_spec.y, metric.scale)
             if not points:
@@ -75,18 +78,26 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
             if value is not None:
                 names = spec.row_names if fig_spec.series == spec.rows else {}
                 label = lookup(names, value) or fmt_value(value)
+            # Categories (methods) are not a continuum: points with error bars, no line.
+            style = "none" if fig_spec.xcategorical else "-"
             ax.errorbar(xs, [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                        capsize=3, label=label)
+                        capsize=3, label=label, linestyle=style)
         if fig_spec.xcategorical:
+            names = spec.row_names if fig_spec.x == spec.rows else {}
             ax.set_xticks(range(len(all_x)))
-            ax.set_xticklabels([fmt_value(k[1]) for k in all_x])
+            ax.set_xticklabels([lookup(names, k[1]) or fmt_value(k[1]) for k in all_x],
+                               rotation=20 if len(all_x) > 4 else 0, fontsize=8)
         init_col = f"{fig_spec.y}_init"
         if spec.init_row and init_col in trials.columns:
-            frame = pd.DataFrame({"seed": trials["seed"].astype(str),
-                                  "v": pd.to_numeric(trials[init_col], errors="coerce")}).dropna()
-            if not frame.empty:
-                level = float(frame.groupby("seed")["v"].mean().mean()) * metric.scale
-                ax.axhline(level, color="gray", linestyle="--", linewidth=1, label=spec.init_row)
+            styles = iter(["--", ":", "-.", (0, (5, 1))])
+            for label, group in init_groups(trials, spec.init_row):  # one level per backbone
+                frame = pd.DataFrame({"seed": group["seed"].astype(str),
+                                      "v": pd.to_numeric(group[init_col], errors="coerce")})
+                frame = frame.dropna()
+                if not frame.empty:
+                    level = float(frame.groupby("seed")["v"].mean().mean()) * metric.scale
+                    ax.axhline(level, color="gray", linestyle=next(styles, "--"), linewidth=1,
+                               label=label)
     if fig_spec.logx:
         ax.set_xscale("log")
         # Label the swept values themselves (256, 4096, ...) rather than powers of ten.

@@ -126,7 +126,7 @@ def _mark_best(cells: list[Cell], column: MetricSpec) -> list[Cell]:
     ]
 
 
-def _init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
+def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
     """One random-init row per backbone: a sweep that trains different architectures (the cc
     target is an AlexNet-style tower, the others ResNets) must not average their inits."""
     keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks") if c in trials]
@@ -243,7 +243,7 @@ def build_table(df: pd.DataFrame, spec: Spec, meta: dict[str, Any] | None = None
         for i, key in enumerate(row_keys)
     ]
     if spec.init_row and not spec.is_pivot:
-        for label, group in _init_groups(trials, spec.init_row):
+        for label, group in init_groups(trials, spec.init_row):
             rows.append(
                 Row(
                     key=None,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from sslray.config import ConfigError
@@ -82,3 +83,14 @@ def test_a_finished_run_directory_can_be_the_source(tmp_path: Path) -> None:
     metrics = run_any(reuse, location(tmp_path / "b"))
     assert not (tmp_path / "b" / "source").exists()  # nothing pre-trained again
     assert metrics["cluster/k"] == 4
+
+
+def test_a_jigsaw_run_leaves_its_permutation_set_beside_the_model(tmp_path: Path) -> None:
+    from tests.test_methods_smoke import SMOKE_METHOD
+
+    cfg = tiny_config(method=SMOKE_METHOD["jigsaw_pp"], train={"epochs": 1, "batch_size": 32})
+    run_any(cfg, location(tmp_path / "run"), verbose=False)
+    (file,) = (tmp_path / "run").glob("permutations_10_g*.npy")
+    perms = np.load(file)
+    state = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    assert (perms == state["model"]["permutations"].numpy()).all() and perms.shape[0] == 10

@@ -112,6 +112,10 @@ class JigsawPP(nn.Module):
         # (P, K) int64; a buffer, so checkpoints carry the set and a resumed run keeps it.
         self.permutations: torch.Tensor
         self.register_buffer("permutations", torch.from_numpy(perms))
+        # The set as a file next to the run (Ray Train writes it beside final.pt); the buffer
+        # also travels in every checkpoint, so a resumed run keeps it.
+        name = f"permutations_{cfg.num_permutations}_g{cfg.grid}_s{cfg.permutation_seed}.npy"
+        self.artifacts = {name: perms}
         self.view_augs = (cfg.augment,)
         self.wants_sync_bn = False
 

@@ -150,7 +150,10 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
     """
     loc = sweep_location(spec, smoke)
     exists = loc.exists("sweep.json") or loc.exists("tuner.pkl")
-    trainable = ray.tune.with_resources(run_trial, {"cpu": spec.resources.driver_cpus})
+    driver: dict[str, float] = {"cpu": spec.resources.driver_cpus}
+    if spec.resources.driver_resource:
+        driver[spec.resources.driver_resource] = 0.01
+    trainable = ray.tune.with_resources(run_trial, driver)
     if resume:
         if not ray.tune.Tuner.can_restore(loc.uri):
             raise FileExistsError(f"{loc.uri}: no sweep to resume here (no tuner.pkl); run it "

@@ -55,6 +55,9 @@ class SweepResources(StrictModel):
     # The trial driver's sliver of a CPU: the Train workers reserve their own bundles, and a
     # whole-CPU driver per trial deadlocks small clusters (notes/ray-2.60.md section 1).
     driver_cpus: float = Field(default=0.01, gt=0)
+    # A custom resource only safe (non-spot) nodes offer, e.g. the head of cluster/aws.yaml:
+    # trial drivers then never land on a node that can be preempted (Ray Tune docs, notes 1).
+    driver_resource: str | None = None
 
     @property
     def trial_cpus(self) -> float:

@@ -54,7 +54,7 @@ def _quiet_ray_train_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def save_final_model(state: dict[str, Any], run: Location, tmp: Path) -> None:
+def save_final_model(state: dict[str, Any], method: Any, run: Location, tmp: Path) -> None:
     """`final.pt` in the run directory: the trained model (no optimiser), for later stages
     (the cc pipeline's k-means) and evaluation. Written before the last report, so a trial
     that a scheduler stops right after it still has it; Ray Train local mode keeps no
@@ -62,6 +62,8 @@ def save_final_model(state: dict[str, Any], run: Location, tmp: Path) -> None:
     model_only = {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
     save_state(model_only, tmp / FINAL_FILE)
     run.write_bytes((tmp / FINAL_FILE).read_bytes(), FINAL_FILE)
+    for name, array in getattr(method, "artifacts", {}).items():  # e.g. jigsaw permutations
+        run.save_npy(array, name)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
@@ -86,7 +88,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 save_state(state, Path(tmp) / STATE_FILE)
                 checkpoint = Checkpoint.from_directory(tmp)
                 if int(metrics["epoch"]) == cfg.train.epochs:
-                    save_final_model(state, run_loc, Path(tmp))
+                    save_final_model(state, trainer.method, run_loc, Path(tmp))
             ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0 and run_loc.is_local:
             _maybe_inject_fault(config.get("fault"), int(metrics["epoch"]), Path(run_loc.path))
