@@ -123,6 +123,8 @@ def build_caption(
             f'Row "{spec.init_row}": the same backbone untrained, averaged within each seed, '
             "then mean ± std over seeds (n = seeds)."
         )
+    if spec.pixels_row and not spec.is_pivot:
+        parts.append(f'Row "{spec.pixels_row}": the same probes on the normalised pixels.')
     if spec.filter:
         shown = ", ".join(
             f"{k}={'/'.join(fmt_value(x) for x in v) if isinstance(v, list) else fmt_value(v)}"

@@ -110,8 +110,8 @@ def render_latex(table: Table) -> str:
         " & ".join(latex_escape(h) for h in header) + r" \\",
         r"\midrule",
     ]
-    for row in table.rows:
-        if row.is_init and len(table.rows) > 1:
+    for i, row in enumerate(table.rows):
+        if row.is_init and i > 0 and not table.rows[i - 1].is_init:  # one rule above baselines
             lines.append(r"\midrule")
         cells = []
         for cell, column in zip(row.cells, table.columns):
@@ -135,7 +135,7 @@ def tidy_frame(table: Table) -> pd.DataFrame:
                     "row": row.label,
                     "row_value": "" if row.is_init else row.key,
                     "column": header,
-                    "metric": f"{column.metric}_init" if row.is_init else column.metric,
+                    "metric": f"{column.metric}{row.suffix}" if row.is_init else column.metric,
                     "mean": cell.mean,
                     "std": cell.std,
                     "n": cell.n,

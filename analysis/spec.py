@@ -50,6 +50,7 @@ TOP_KEYS = {
     "digits": "decimals printed (default 1)",
     "include_stopped": "also aggregate trials stopped early (ASHA); default false",
     "init_row": "shape A: name of a row of the <metric>_init (random-init) values",
+    "pixels_row": "shape A: name of a row of the <metric>_pixels (raw-pixel) values",
     "figure": "{x, y, series, logx, xcategorical, xlabel, ylabel}",
     "paper": "{row value: what the paper reports}: an extra last column 'paper'",
 }
@@ -108,6 +109,7 @@ class Spec:
     digits: int = 1
     include_stopped: bool = False
     init_row: str | None = None
+    pixels_row: str | None = None
     figure: FigureSpec | None = None
     paper: dict[Any, str] = field(default_factory=dict)
 
@@ -221,8 +223,9 @@ def parse_spec(raw: Any, name: str, source: str = "<dict>") -> Spec:
         columns = check.string(raw, "columns", required=True)
         metric = check.string(raw, "metric", required=True)
         metrics: tuple[MetricSpec, ...] = (MetricSpec(metric, metric, mode, scale, digits),)
-        if raw.get("init_row") is not None:
-            raise check.fail("init_row", "only for shape A (metrics:), not for a pivot")
+        for key in ("init_row", "pixels_row"):
+            if raw.get(key) is not None:
+                raise check.fail(key, "only for shape A (metrics:), not for a pivot")
     else:
         columns = None
         for key in ("column_order", "column_names"):
@@ -292,6 +295,7 @@ def parse_spec(raw: Any, name: str, source: str = "<dict>") -> Spec:
         digits=digits,
         include_stopped=check.boolean(raw, "include_stopped"),
         init_row=check.string(raw, "init_row"),
+        pixels_row=check.string(raw, "pixels_row"),
         figure=figure,
         paper={k: str(v) for k, v in check.mapping(raw, "paper").items()},
     )

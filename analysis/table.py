@@ -50,7 +50,8 @@ class Row:
     label: str  # what the table prints
     cells: tuple[Cell, ...]
     paper: str | None = None
-    is_init: bool = False
+    is_init: bool = False  # a baseline row (random init, raw pixels): never bold
+    suffix: str = "_init"  # a baseline row's metric suffix
 
 
 @dataclass
@@ -141,8 +142,8 @@ def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFram
              + ")", g) for key, g in groups]
 
 
-def _init_cell(trials: pd.DataFrame, metric: MetricSpec) -> Cell:
-    column = f"{metric.metric}_init"  # transfer/digits/knn_top1 -> transfer/digits/knn_top1_init
+def _init_cell(trials: pd.DataFrame, metric: MetricSpec, suffix: str = "_init") -> Cell:
+    column = f"{metric.metric}{suffix}"  # transfer/digits/knn_top1 -> ..._init / ..._pixels
     if column not in trials.columns:
         return Cell(None, None, 0)
     values = pd.to_numeric(trials[column], errors="coerce")
@@ -253,6 +254,12 @@ def build_table(df: pd.DataFrame, spec: Spec, meta: dict[str, Any] | None = None
                     is_init=True,
                 )
             )
+    if spec.pixels_row and not spec.is_pivot:  # pixels do not depend on the backbone
+        pixel_cells = tuple(_init_cell(trials, m, "_pixels") for m in columns)
+        if any(c.n for c in pixel_cells):
+            rows.append(Row(key=None, label=spec.pixels_row, cells=pixel_cells,
+                            paper=spec.paper.get(spec.pixels_row), is_init=True,
+                            suffix="_pixels"))
 
     caption = build_caption(
         spec,

@@ -69,6 +69,10 @@ class EvalConfig(StrictModel):
     knn_temperature: float = Field(default=0.07, gt=0)  # InstDisc: tau=0.07
     every_n_epochs: int = Field(default=0, ge=0)  # kNN monitor every n epochs; 0: only at the end
     at_init: bool = True  # also evaluate the random-init backbone (the baseline every table needs)
+    # Also the same probes on raw pixels (normalised as the network sees them; suffix _pixels):
+    # the baseline a small-image SSL result must beat (chosen: Fashion-MNIST kNN on pixels is
+    # strong, 0.78 on the 10k subset).
+    pixels: bool = False
     linear_fast: bool = True  # the fast linear probe on the same cached features
     # MoCo's linear protocol through the frozen network at the end of the run (main_lincls.py:
     # 100 epochs, lr 30); 0 skips it (CPU configs: the fast probe is the cheap stand-in).

@@ -94,3 +94,12 @@ def test_a_jigsaw_run_leaves_its_permutation_set_beside_the_model(tmp_path: Path
     perms = np.load(file)
     state = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
     assert (perms == state["model"]["permutations"].numpy()).all() and perms.shape[0] == 10
+
+
+def test_raw_pixel_baseline(tmp_path: Path) -> None:
+    cfg = tiny_config(eval={"knn_k": 10, "pixels": True, "transfer": ["digits"]},
+                      train={"epochs": 1, "batch_size": 32})
+    metrics = run_any(cfg, location(tmp_path / "run"), verbose=False)
+    for key in ("eval/knn_top1_pixels", "eval/linear_fast_top1_pixels",
+                "transfer/digits/knn_top1_pixels"):
+        assert 0.25 < metrics[key] <= 1.0, key  # 4 synthetic classes / 10 digits: above chance

@@ -279,6 +279,9 @@ def fit(
         encoder = trainer.method.feature_encoder()
         trainer.extra.update(evaluator(encoder, suffix="_init"))
         trainer.extra.update(evaluator.transfer(encoder, suffix="_init"))
+        if cfg.eval.pixels:  # (N, 3*H*W) normalised pixels through the same probes
+            trainer.extra.update(evaluator(nn.Flatten(), suffix="_pixels"))
+            trainer.extra.update(evaluator.transfer(nn.Flatten(), suffix="_pixels"))
     # Constants a method wants in every report (cc: the clustering's NMI, k, the source's kNN).
     trainer.extra.update(getattr(trainer.method, "run_metrics", {}))
     progress = EpochProgress(
