@@ -127,7 +127,7 @@ def node_type_problems(cfg: dict[str, Any], drivers: Iterable[str]) -> list[str]
             problems.append(f"{where}.resources.GPU: the node type runs on GPU hardware "
                             f"({gpu_hw}) but declares no GPU resource; Ray would never place "
                             f"a GPU worker there (add GPU: <count>)")
-        if name != head and "gpu" in name.lower() and res.get("GPU", 0) < 1:
+        elif name != head and "gpu" in name.lower() and res.get("GPU", 0) < 1:
             problems.append(f"{where}.resources.GPU: a GPU worker type must declare its GPUs")
         spot = _is_spot(provider, node.get("node_config") or {})
         for d in drivers:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -182,12 +183,19 @@ def test_validate_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_run_sweep_finds_the_project_and_the_sweep(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     run_sweep = load_module("run_sweep")
+    monkeypatch.delenv("SSLRAY_PROJECT", raising=False)
     assert run_sweep.find_project(None) == REPO  # next to the script (a checkout)
-    assert run_sweep.find_project(str(REPO)) == REPO
+    monkeypatch.setattr(run_sweep, "HERE", tmp_path / "home")  # as on the head: ~/run_sweep.py
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="no sslray checkout found"):
-        run_sweep.find_project(str(tmp_path))  # tried first, not one: falls through ... to REPO?
-    monkeypatch.setattr(run_sweep, "HERE", tmp_path)  # as on the head: ~/run_sweep.py
+        run_sweep.find_project(None)
+    assert run_sweep.find_project(str(REPO)) == REPO  # --project
     monkeypatch.setenv("SSLRAY_PROJECT", str(REPO))
+    assert run_sweep.find_project(None) == REPO
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "sslray").symlink_to(REPO)  # where file_mounts put it
+    monkeypatch.delenv("SSLRAY_PROJECT")
     assert run_sweep.find_project(None) == REPO
     quick = run_sweep.resolve_sweep("sweeps/quickstart.yaml", REPO, tmp_path)
     assert quick == str(REPO / "sweeps" / "quickstart.yaml")
@@ -233,60 +241,67 @@ def short_tmp() -> Path:
     return Path(tempfile.mkdtemp(prefix="sslr", dir="/tmp"))
 
 
-def kill_own(tmp: Path, group: int | None) -> None:
-    """SIGKILL the process group we started and any process whose command line names our temp
-    dir (raylets, GCS, workers of our cluster); nothing else."""
+def kill_own(tmp: Path, proc: subprocess.Popen[Any] | None) -> None:
+    """Stop what a test started: SIGTERM its process group (a new session, so nobody else's),
+    reap it, then SIGKILL whatever of that group or of our temp dir (raylets, GCS, workers of
+    our cluster name it on their command line) is still alive. Nothing else is touched."""
+    group = proc.pid if proc is not None else None
     if group is not None:
         try:
             os.killpg(group, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                os.killpg(group, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid in ours(tmp):
+        try:
+            proc.wait(timeout=15)  # type: ignore[union-attr]
+        except subprocess.TimeoutExpired:
+            pass
+    deadline = time.time() + 10
+    while ours(tmp, group) and time.time() < deadline:
+        time.sleep(0.3)
+    for pid in ours(tmp, group):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
-def ours(tmp: Path) -> list[int]:
+def ours(tmp: Path, group: int | None = None) -> list[int]:
+    """Live (not zombie) processes in `group` or whose command line names `tmp`."""
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(tmp) in cmd:
-            found.append(int(proc.name))
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        if fields[0] == "Z":
+            continue
+        if (group is not None and int(fields[2]) == group) or str(tmp) in cmd:
+            found.append(int(entry.name))
     return found
 
 
 class LocalHead:
     """`ray start --head --block` on free ports in its own temp dir and process group."""
 
-    def __init__(self, *args: str, dashboard: bool = False, **env: str) -> None:
+    def __init__(self, *args: str, port: int | None = None, dashboard: bool = False,
+                 **env: str) -> None:
         self.tmp = short_tmp()
         self.env = ray_env(self.tmp, **env)
         self.port, self.dash, agent, client = free_ports(4)
+        self.port = port or self.port
         self.dashboard = dashboard
         cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={self.port}",
                f"--dashboard-port={self.dash}", f"--dashboard-agent-listen-port={agent}",
                f"--ray-client-server-port={client}", f"--include-dashboard={dashboard}",
                "--object-store-memory=200000000", "--disable-usage-stats", *args]
-        self.log = open(self.tmp / "head.log", "w")  # noqa: SIM115 (closed in stop)
+        self.log = open(self.tmp / "head.log", "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.address = self._wait_address()
@@ -331,8 +346,7 @@ class LocalHead:
         return parse_status(out.stdout)
 
     def stop(self) -> None:
-        kill_own(self.tmp, self.proc.pid)
-        self.proc.wait(timeout=30)
+        kill_own(self.tmp, self.proc)
         self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -404,10 +418,10 @@ def multinode_scenario(out: Path, run_dir: Path) -> None:
         "object_store_memory": 150 * 1024**2})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
     cfg = tiny_config(train={"epochs": 6, "batch_size": 32},
                       method={"bn": "shuffle"},
-                      data={"synthetic_size": 256},
+                      data={"synthetic_size": 1024},
                       eval={"knn_k": 10, "at_init": False, "linear_fast": False},
                       resources={"workers": 2, "cpus_per_worker": 1, "max_failures": 2})
     result: dict[str, Any] = {"node_ids": [n.node_id for n in nodes]}
@@ -418,18 +432,21 @@ def multinode_scenario(out: Path, run_dir: Path) -> None:
         except Exception as exc:  # reported to the test
             result["error"] = f"{type(exc).__name__}: {exc}"
 
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}  # placement (group id + nodes) -> nodes, in order seen
 
     def watch_groups() -> None:
         for pg_id, pg in ray.util.placement_group_table().items():
-            placed = pg.get("bundles_to_node_id") or {}
-            if pg["state"] == "CREATED" and len(placed) == 2 and pg_id not in groups:
-                groups[pg_id] = [placed[i] for i in sorted(placed)]
+            placed = {i: n for i, n in (pg.get("bundles_to_node_id") or {}).items() if n}
+            if pg["state"] == "CREATED" and len(placed) == 2:
+                where = [placed[i] for i in sorted(placed)]
+                groups.setdefault(f"{pg_id}:{','.join(where)}", where)
 
     start = time.time()
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
-    while not list(run_dir.glob("checkpoint_*")) and thread.is_alive():
+    # Written when the controller registers a checkpoint (the dir alone may not be registered).
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    while not snapshot.is_file() and thread.is_alive():
         watch_groups()
         time.sleep(0.2)
     watch_groups()
@@ -464,7 +481,7 @@ def test_two_nodes_one_worker_each_and_a_lost_node_resumes(tmp_path: Path) -> No
     try:
         log, _ = proc.communicate(timeout=200)
     finally:
-        kill_own(tmp, proc.pid)
+        kill_own(tmp, proc)
         shutil.rmtree(tmp, ignore_errors=True)
     assert proc.returncode == 0 and out.is_file(), log[-4000:]
     r = json.loads(out.read_text())
@@ -502,18 +519,14 @@ def test_fake_autoscaler_adds_a_node_for_a_sweep_and_removes_it_when_idle(tmp_pa
     submit.mkdir()
     shutil.copy(CLUSTER / "run_sweep.py", submit / "run_sweep.py")
     head = LocalHead(f"--num-cpus={head_res['CPU']}", f"--resources={json.dumps(custom)}",
-                     f"--autoscaling-config={cfg_path}", RAY_FAKE_CLUSTER="1",
-                     AUTOSCALER_UPDATE_INTERVAL_S="1")
-    try:
-        head.port = port  # (LocalHead picked its own port: restart on the config's)
-    finally:
-        head.stop()
-    head = LocalHead(f"--num-cpus={head_res['CPU']}", f"--resources={json.dumps(custom)}",
                      f"--autoscaling-config={cfg_path}", port=port, RAY_FAKE_CLUSTER="1",
                      AUTOSCALER_UPDATE_INTERVAL_S="1")
     timeline: list[tuple[float, dict[str, int]]] = []
     try:
-        before = head.status()
+        before: dict[str, int] = {}
+        deadline = time.time() + 30
+        while not before and time.time() < deadline:  # the monitor's first report
+            before = head.status()
         t0 = time.time()
         run = subprocess.Popen(
             [sys.executable, str(submit / "run_sweep.py"), str(sweep), "--smoke", "--no-table",
@@ -534,7 +547,7 @@ def test_fake_autoscaler_adds_a_node_for_a_sweep_and_removes_it_when_idle(tmp_pa
             time.sleep(1)
     finally:
         head.stop()
-    during = max((s.get("cpu_worker", 0) for _, s in timeline if _ < done), default=0)
+    during = max((s.get("cpu_worker", 0) for t, s in timeline if t < done), default=0)
     up = next((t for t, s in timeline if s.get("cpu_worker")), None)
     down = timeline[-1][0]
     print(f"autoscaler: before {before}; cpu_worker nodes during the sweep: {during} (first "

@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"sslray: trial {r.path} failed: {type(r.error).__name__}: {r.error}",
               file=sys.stderr)
     loc = sweep_location(spec, args.smoke)
+    table_rc = 0
     if spec.table and not args.no_table and loc.is_local:
         from analysis.cli import main as table_main
 
-        table_main([loc.path, "--spec", spec.table])
+        table_rc = table_main([loc.path, "--spec", spec.table])
     elif spec.table and not loc.is_local:
         print(f"table: sync {loc.uri} to a local folder, then `sslray table FOLDER`")
-    return 1 if errors else 0
+    return 1 if errors else table_rc
