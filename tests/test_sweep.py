@@ -169,7 +169,15 @@ def test_real_tune_sweep_with_asha(ray_session: Any, tmp_path: Path) -> None:
     temps = {json.loads((d / "config.json").read_text())["trial"]["grid"]["method.temperature"]
              for d in dirs}
     assert temps == {0.1, 0.2}
-    assert (sweep_dir / ".aim").is_dir()  # AimLoggerCallback's repository (`aim up --repo ...`)
+    # AimLoggerCallback's repository: `aim up --repo <sweep dir>` indexes it and shows every trial.
+    aim = Path(sys.executable).with_name("aim")
+    subprocess.run([str(aim), "storage", "--repo", str(sweep_dir), "reindex", "--yes"],
+                   check=True, capture_output=True, timeout=120)
+    from aim import Repo
+
+    tracked = list(Repo(str(sweep_dir)).query_metrics(
+        'metric.name == "ray/tune/eval/knn_top1"').iter())
+    assert len(tracked) == 2
 
 
 @pytest.mark.ray
