@@ -112,11 +112,6 @@ class RunConfig(StrictModel):
                 f"train.batch_size ({self.train.batch_size}) must be divisible by "
                 f"resources.workers ({workers}): each worker takes an equal share"
             )
-        if self.data.dataset == "imagefolder" and self.eval.linear_paper_epochs:
-            raise ValueError(
-                "eval.linear_paper_epochs: the paper linear protocol reads in-memory datasets "
-                "only so far; set it to 0 for imagefolder (the fast probe still runs)"
-            )
         for name in self.eval.transfer:
             if name in ("imagefolder", "synthetic") or name == self.data.dataset:
                 raise ValueError(

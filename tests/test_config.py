@@ -95,6 +95,6 @@ def test_derived_values():
     assert RunConfig.model_validate_json(cfg.to_json()) == cfg
 
 
-def test_paper_probe_on_image_folders_is_refused_up_front():
-    with pytest.raises(ConfigError, match="eval.linear_paper_epochs"):
-        validate_raw(tiny_raw(data={"dataset": "imagefolder"}, eval={"linear_paper_epochs": 5}))
+def test_paper_probe_on_image_folders_is_accepted():
+    cfg = validate_raw(tiny_raw(data={"dataset": "imagefolder"}, eval={"linear_paper_epochs": 5}))
+    assert cfg.data.dataset == "imagefolder" and cfg.eval.linear_paper_epochs == 5

@@ -105,3 +105,108 @@ def test_run_reports_the_paper_probe_when_asked():
     cfg = tiny_config(train={"epochs": 1}, eval={"linear_paper_epochs": 2, "linear_paper_lr": 1.0})
     metrics = fit(cfg, verbose=False)
     assert 0.0 <= metrics["eval/linear_paper_top1"] <= 1.0
+
+
+# Three colours with a little brightness jitter and noise: linearly separable by mean colour.
+_COLOURS = ((200, 40, 40), (40, 200, 40), (40, 40, 200))
+
+
+def _write_colour_folder(root, train_per_class: int = 10, val_per_class: int = 6) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c, rgb in enumerate(_COLOURS):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = np.array(rgb) * rng.uniform(0.7, 1.2) + rng.normal(0, 20, (20, 20, 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i}.png")
+
+
+def _tiny_encoder() -> torch.nn.Module:
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _folder_probe(root, encoder, seed: int = 0, num_workers: int = 0):
+    from torchvision.datasets import ImageFolder
+
+    from sslray.eval.linear import linear_probe_paper_folder
+
+    train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
+    torch.manual_seed(0)  # the augmentations (in-process) and the head's init
+    out = linear_probe_paper_folder(encoder, train, test, 16, (0.5,) * 3, (0.25,) * 3, epochs=4,
+                                    lr=1.0, batch_size=8, seed=seed, num_workers=num_workers)
+    assert train.transform is None  # the caller's folder is not modified
+    return out
+
+
+def test_linear_probe_paper_folder_learns_and_leaves_the_encoder_untouched(tmp_path):
+    _write_colour_folder(tmp_path)
+    encoder = _tiny_encoder()
+    encoder.train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    out = _folder_probe(tmp_path, encoder)
+    assert out["top1"] >= 0.9 and "top5" not in out  # chance is 1/3; 3 classes: no top-5
+    assert encoder.training  # mode restored
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BN statistics frozen
+
+
+def test_linear_probe_paper_folder_is_seeded(tmp_path, monkeypatch):
+    import sslray.eval.linear as linear
+
+    logits: list[torch.Tensor] = []
+    top = linear.topk_accuracy
+    monkeypatch.setattr(linear, "topk_accuracy",
+                        lambda x, y, k: logits.append(x) or top(x, y, k))
+    _write_colour_folder(tmp_path)
+    encoder = _tiny_encoder()
+    for seed, workers in ((0, 0), (0, 0), (1, 0), (0, 1), (0, 1)):
+        _folder_probe(tmp_path, encoder, seed=seed, num_workers=workers)
+    assert torch.equal(logits[0], logits[1])  # the same seed: the same head
+    assert not torch.equal(logits[0], logits[2])  # another seed: another batch order
+    assert torch.equal(logits[3], logits[4])  # loader workers are seeded from the seed too
+
+
+def test_linear_probe_paper_folder_agrees_with_the_in_memory_probe(tmp_path):
+    """The same images as arrays and as PNG files: both probes learn them (not bitwise alike:
+    batched vs per-sample augmentation, and the folder's test view is a resize + centre crop)."""
+    import numpy as np
+    from torchvision.datasets import ImageFolder
+
+    from sslray.data.datasets import ImageArrays
+    from sslray.eval.linear import linear_probe_paper
+
+    _write_colour_folder(tmp_path)
+    encoder = _tiny_encoder()
+
+    def arrays(split: str) -> ImageArrays:
+        folder = ImageFolder(str(tmp_path / split))
+        images = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im, _ in folder])
+        return ImageArrays(images, torch.tensor(folder.targets), len(folder.classes), "colours")
+
+    torch.manual_seed(0)
+    in_memory = linear_probe_paper(encoder, arrays("train"), arrays("val"), 16, (0.5,) * 3,
+                                   (0.25,) * 3, epochs=4, lr=1.0, batch_size=8)
+    from_files = _folder_probe(tmp_path, encoder)
+    assert in_memory["top1"] >= 0.9 and from_files["top1"] >= 0.9
+
+
+def test_run_reports_the_paper_probe_on_image_folders(tmp_path):
+    from sslray.training.loop import fit
+    from tests.conftest import tiny_config
+
+    _write_colour_folder(tmp_path)
+    cfg = tiny_config(data={"dataset": "imagefolder", "root": str(tmp_path), "image_size": 16,
+                            "loader_workers": 0},
+                      train={"epochs": 1, "batch_size": 16},
+                      eval={"linear_paper_epochs": 2, "linear_paper_lr": 1.0},
+                      resources={"workers": 0})
+    metrics = fit(cfg, verbose=False)
+    assert 0.0 <= metrics["eval/linear_paper_top1"] <= 1.0

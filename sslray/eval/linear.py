@@ -3,20 +3,26 @@
 Features are standardised with the training split's mean and std, then a multinomial logistic
 regression is fit full-batch with L-BFGS: seconds on 10k x 128 features, deterministic, and no
 learning rate to tune. The `paper` protocol (`linear_probe_paper`) is MoCo's recipe: SGD with
-augmentation through the frozen network; it runs at the end of a pre-training run, on its Ray
-Train worker, when `eval.linear_paper_epochs > 0`.
+augmentation through the frozen network, on in-memory arrays or on image folders
+(`linear_probe_paper_folder`); it runs at the end of a pre-training run, on its Ray Train worker,
+when `eval.linear_paper_epochs > 0`.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from sslray.config_types import AugmentConfig
 from sslray.data.datasets import ImageArrays
-from sslray.data.views import BatchedViews
-from sslray.eval.features import extract_features, frozen
+from sslray.data.views import BatchedViews, torchvision_views
+from sslray.eval.features import extract_features, extract_folder_features, frozen
 
 # L2 penalty on the weights, chosen for standardised features (sklearn's default C=1 scaled
 # per sample is about 1e-4 at 10k samples): enough to keep L-BFGS finite on separable data.
@@ -72,6 +78,54 @@ PAPER_AUGMENT = AugmentConfig(
 )
 
 
+def _train_paper_head(
+    encoder: nn.Module,
+    epoch_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    num_classes: int,
+    epochs: int,
+    lr: float,
+    device: torch.device | str,
+) -> nn.Linear:
+    """The paper protocol's training loop, shared by the in-memory and the image-folder probes.
+
+    `epoch_batches()` is called once per epoch and yields (augmented images, labels) batches.
+    The encoder runs frozen (eval mode, no_grad); the head is sized by the first batch's features.
+    """
+    milestones = (int(0.6 * epochs), int(0.8 * epochs))  # 60 and 80 of 100
+    head: nn.Linear | None = None
+    opt: torch.optim.SGD | None = None
+    with frozen(encoder):
+        for epoch in range(epochs):
+            for x, y in epoch_batches():
+                with torch.no_grad():
+                    feats = encoder(x.to(device, non_blocking=True)).float()
+                if head is None or opt is None:
+                    head = nn.Linear(feats.shape[1], num_classes).to(device)
+                    nn.init.normal_(head.weight, std=0.01)  # main_lincls.py: N(0, 0.01), zero bias
+                    nn.init.zeros_(head.bias)
+                    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
+                loss = F.cross_entropy(head(feats), y.to(device, non_blocking=True))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    if head is None:
+        raise ValueError("linear_probe_paper: no training images (or epochs=0)")
+    return head
+
+
+def _paper_scores(
+    head: nn.Linear, test_feats: torch.Tensor, test_labels: torch.Tensor, num_classes: int
+) -> dict[str, float]:
+    with torch.no_grad():
+        logits = head(test_feats.to(head.weight.device)).cpu()
+    out = {"top1": topk_accuracy(logits, test_labels, 1)}
+    if num_classes > 5:
+        out["top5"] = topk_accuracy(logits, test_labels, 5)
+    return out
+
+
 def linear_probe_paper(
     encoder: nn.Module,
     train: ImageArrays,
@@ -88,39 +142,63 @@ def linear_probe_paper(
     """Train a linear classifier through the frozen encoder with augmentation; test top-1/top-5.
 
     The encoder is not modified: it runs in eval mode (BN running statistics frozen) under
-    no_grad, and its train/eval mode is restored afterwards.
+    no_grad, and its train/eval mode is restored afterwards. `seed` orders the batches; the
+    augmentations and the head's init draw from the global torch RNG.
     """
     views = BatchedViews((PAPER_AUGMENT,), size, mean, std)
     batch_size = min(batch_size, len(train))  # a set smaller than one batch still trains
-    milestones = (int(0.6 * epochs), int(0.8 * epochs))  # 60 and 80 of 100
     g = torch.Generator().manual_seed(seed)
-    with frozen(encoder):
-        head: nn.Linear | None = None  # sized by the first batch's features
-        opt: torch.optim.SGD | None = None
-        for epoch in range(epochs):
-            order = torch.randperm(len(train), generator=g)
-            for start in range(0, len(train) - batch_size + 1, batch_size):
-                idx = order[start : start + batch_size]
-                (x,) = views(train.images[idx].to(device))
-                with torch.no_grad():
-                    feats = encoder(x).float()
-                if head is None or opt is None:
-                    head = nn.Linear(feats.shape[1], train.num_classes).to(device)
-                    nn.init.normal_(head.weight, std=0.01)  # main_lincls.py: N(0, 0.01), zero bias
-                    nn.init.zeros_(head.bias)
-                    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
-                for group in opt.param_groups:
-                    group["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
-                loss = F.cross_entropy(head(feats), train.labels[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        if head is None:
-            raise ValueError("linear_probe_paper: no training images (or epochs=0)")
-        test_feats = extract_features(encoder, test, size, mean, std, 512, device).to(device)
-        with torch.no_grad():
-            logits = head(test_feats).cpu()
-    out = {"top1": topk_accuracy(logits, test.labels, 1)}
-    if train.num_classes > 5:
-        out["top5"] = topk_accuracy(logits, test.labels, 5)
-    return out
+
+    def epoch_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(train), generator=g)
+        for start in range(0, len(train) - batch_size + 1, batch_size):  # full batches only
+            idx = order[start : start + batch_size]
+            (x,) = views(train.images[idx].to(device))
+            yield x, train.labels[idx]
+
+    head = _train_paper_head(encoder, epoch_batches, train.num_classes, epochs, lr, device)
+    test_feats = extract_features(encoder, test, size, mean, std, 512, device)
+    return _paper_scores(head, test_feats, test.labels, train.num_classes)
+
+
+def linear_probe_paper_folder(
+    encoder: nn.Module,
+    train_folder: Any,
+    test_folder: Any,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    epochs: int,
+    lr: float = 30.0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """`linear_probe_paper` on image files (torchvision ImageFolder train and test splits).
+
+    Training views come from a per-sample v2 pipeline in DataLoader workers (RandomResizedCrop,
+    flip, normalise: main_lincls.py); test features are the centre-crop view of
+    `extract_folder_features`. Batches are shuffled by a generator seeded with `seed` (which
+    also seeds the workers); as in the in-memory probe, only full batches train (a set smaller
+    than one batch is one batch). `train_folder` itself is not modified.
+    """
+    if list(train_folder.classes) != list(test_folder.classes):
+        raise ValueError(
+            f"linear_probe_paper_folder: the train and test folders' classes differ "
+            f"({len(train_folder.classes)} vs {len(test_folder.classes)}); labels would not match"
+        )
+    train = copy.copy(train_folder)  # its own transform; the samples list is shared
+    train.transform = torchvision_views(PAPER_AUGMENT, size, mean, std)
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        train, batch_size=min(batch_size, len(train)), shuffle=True, generator=g,
+        num_workers=num_workers, persistent_workers=num_workers > 0, drop_last=True,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    num_classes = len(train_folder.classes)
+    head = _train_paper_head(encoder, lambda: loader, num_classes, epochs, lr, device)
+    test_feats, test_labels = extract_folder_features(
+        encoder, test_folder, size, mean, std, batch_size, device, num_workers
+    )
+    return _paper_scores(head, test_feats, test_labels, num_classes)

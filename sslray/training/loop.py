@@ -22,7 +22,7 @@ from sslray.data.loaders import ArrayStream, Batch, FileStream
 from sslray.data.views import BatchedViews, torchvision_views
 from sslray.eval.features import extract_features, extract_folder_features
 from sslray.eval.knn import knn_top1
-from sslray.eval.linear import linear_probe_fast, linear_probe_paper
+from sslray.eval.linear import linear_probe_fast, linear_probe_paper, linear_probe_paper_folder
 from sslray.methods import build_method
 from sslray.training.optim import build_optimizer
 from sslray.training.progress import EpochProgress
@@ -181,13 +181,16 @@ class Evaluator:
         return feats, data.labels
 
     def linear_paper(self, encoder: nn.Module) -> dict[str, float]:
-        """MoCo's linear protocol through the frozen encoder (in-memory datasets)."""
-        assert not self.files, "RunConfig refuses linear_paper_epochs for image folders"
+        """MoCo's linear protocol through the frozen encoder (in-memory arrays or image folders)."""
         train, test = self.splits
         e = self.cfg.eval
-        out = linear_probe_paper(encoder, train, test, self.size, self.mean, self.std,
-                                 epochs=e.linear_paper_epochs, lr=e.linear_paper_lr,
-                                 device=self.device, seed=self.cfg.seed)
+        args = (encoder, train, test, self.size, self.mean, self.std)
+        kw: dict[str, Any] = dict(epochs=e.linear_paper_epochs, lr=e.linear_paper_lr,
+                                  device=self.device, seed=self.cfg.seed)
+        if self.files:
+            out = linear_probe_paper_folder(*args, num_workers=self.cfg.data.loader_workers, **kw)
+        else:
+            out = linear_probe_paper(*args, **kw)
         return {f"eval/linear_paper_{k}": v for k, v in out.items()}
 
     def _protocols(self, feats: tuple[Any, ...], num_classes: int, prefix: str,
