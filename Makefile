@@ -42,8 +42,8 @@ data:
 	fi
 
 lint: install
-	$(VENV)/bin/ruff check sslray tests analysis
-	$(VENV)/bin/mypy sslray
+	$(VENV)/bin/ruff check sslray tests analysis cluster
+	$(VENV)/bin/mypy sslray analysis cluster
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

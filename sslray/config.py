@@ -91,6 +91,9 @@ class ResourcesConfig(StrictModel):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=1.0, ge=0)
     max_failures: int = Field(default=1, ge=0)  # worker-group restarts from the last checkpoint
+    # How the workers' bundles are placed (Ray placement strategies); STRICT_SPREAD puts one
+    # worker per node. PACK is Ray Train's default.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 class RunConfig(StrictModel):

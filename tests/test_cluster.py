@@ -243,26 +243,23 @@ def short_tmp() -> Path:
 
 def kill_own(tmp: Path, proc: subprocess.Popen[Any] | None) -> None:
     """Stop what a test started: SIGTERM its process group (a new session, so nobody else's),
-    reap it, then SIGKILL whatever of that group or of our temp dir (raylets, GCS, workers of
-    our cluster name it on their command line) is still alive. Nothing else is touched."""
+    give it a few seconds, then SIGKILL whatever of that group or of our temp dir (raylets, GCS,
+    workers of our cluster name it on their command line) is still alive. Nothing else."""
     group = proc.pid if proc is not None else None
     if group is not None:
         try:
             os.killpg(group, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=15)  # type: ignore[union-attr]
-        except subprocess.TimeoutExpired:
+            proc.wait(timeout=5)  # type: ignore[union-attr]
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
     deadline = time.time() + 10
-    while ours(tmp, group) and time.time() < deadline:
-        time.sleep(0.3)
-    for pid in ours(tmp, group):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    while (left := ours(tmp, group)) and time.time() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -348,6 +345,11 @@ class LocalHead:
     def stop(self) -> None:
         kill_own(self.tmp, self.proc)
         self.log.close()
+        keep = os.environ.get("SSLRAY_KEEP_RAY_LOGS")  # a folder: keep the head's Ray logs there
+        if keep:
+            shutil.copytree(self.tmp / "ray" / "session_latest" / "logs",
+                            Path(keep) / self.tmp.name, dirs_exist_ok=True)
+            shutil.copy(self.tmp / "head.log", Path(keep) / self.tmp.name)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -423,7 +425,10 @@ def multinode_scenario(out: Path, run_dir: Path) -> None:
                       method={"bn": "shuffle"},
                       data={"synthetic_size": 1024},
                       eval={"knn_k": 10, "at_init": False, "linear_fast": False},
-                      resources={"workers": 2, "cpus_per_worker": 1, "max_failures": 2})
+                      # 0.5 CPU each: PACK would put both workers on one node; STRICT_SPREAD
+                      # must place one per node.
+                      resources={"workers": 2, "cpus_per_worker": 0.5, "max_failures": 2,
+                                 "placement_strategy": "STRICT_SPREAD"})
     result: dict[str, Any] = {"node_ids": [n.node_id for n in nodes]}
 
     def train() -> None:

@@ -58,6 +58,7 @@ class SweepResources(StrictModel):
     # A custom resource only safe (non-spot) nodes offer, e.g. the head of cluster/aws.yaml:
     # trial drivers then never land on a node that can be preempted (Ray Tune docs, notes 1).
     driver_resource: str | None = None
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     @property
     def trial_cpus(self) -> float:
@@ -244,6 +245,7 @@ def expand(spec: SweepSpec, smoke: bool = False) -> list[Trial]:
                         **trial_raw.get("resources", {}), "workers": res.workers,
                         "use_gpu": res.use_gpu, "cpus_per_worker": res.cpus_per_worker,
                         "gpus_per_worker": res.gpus_per_worker,
+                        "placement_strategy": res.placement_strategy,
                     }
                     cfg = validate_raw(trial_raw, source=f"{source} ({where})")
                     if smoke:

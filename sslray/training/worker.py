@@ -138,6 +138,7 @@ def run_training(
         },
         scaling_config=ScalingConfig(
             num_workers=res.workers, use_gpu=res.use_gpu,
+            placement_strategy=res.placement_strategy,
             resources_per_worker=per_worker if res.workers > 0 else None,
         ),
         run_config=ray.train.RunConfig(
