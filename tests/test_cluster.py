@@ -632,3 +632,7 @@ def test_job_submit_sweep_to_an_s3_endpoint(job_head: LocalHead, tmp_path: Path)
     finally:
         server.stop()
     assert_sweep_landed(local)
+    from analysis import load_sweep  # the synced copy of the bucket is what the tables read
+
+    frame = load_sweep(local)
+    assert len(frame) == 1 and frame["status"].iloc[0] == "finished"

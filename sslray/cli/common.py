@@ -25,6 +25,15 @@ def guarded(fn: Callable[[Any], int]) -> Callable[[Any], int]:
     return run
 
 
+def add_ray_arguments(parser: Any, resume_help: str, overwrite_help: str) -> None:
+    """--address and the exclusive --resume / --overwrite of the commands that start work."""
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address, e.g. auto (default: start a local Ray)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help=resume_help)
+    mode.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+
 def add_config_arguments(parser: Any) -> None:
     """CONFIG and --set, the same for every command that reads a run config."""
     parser.add_argument(

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sslray.cli.common import add_config_arguments, guarded
+from sslray.cli.common import add_config_arguments, add_ray_arguments, guarded
 from sslray.cli.validate_cmd import describe
 from sslray.config import RunConfig, load_config
 
@@ -36,13 +36,8 @@ def add_parser(sub: Any) -> None:
                    help="tiny subset, 1 epoch: checks the whole path in seconds "
                    "(writes runs/<name>-smoke, replaced on every smoke run)")
     p.add_argument("--output", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: start a local Ray on this machine)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="continue the run in --output from its latest checkpoint")
-    mode.add_argument("--overwrite", action="store_true",
-                      help="delete an existing run directory and start again")
+    add_ray_arguments(p, resume_help="continue the run in --output from its latest checkpoint",
+                      overwrite_help="delete an existing run directory and start again")
     p.set_defaults(func=guarded(run))
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from sslray.cli.common import guarded
+from sslray.cli.common import add_ray_arguments, guarded
 from sslray.cli.run_cmd import start_ray
 from sslray.sweep.spec import describe_sweep, expand, load_sweep
 
@@ -28,13 +28,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("sweep", help="a sweep YAML file, or a name from sweeps/ (e.g. quickstart)")
     p.add_argument("--smoke", action="store_true",
                    help="shrink every trial (tiny subset, 1 epoch; stored as <name>-smoke)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address, e.g. auto (default: start a local Ray)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="restore the sweep from its storage and finish unfinished trials")
-    mode.add_argument("--overwrite", action="store_true",
-                      help="delete the sweep's directory and start again")
+    add_ray_arguments(
+        p, resume_help="restore the sweep from its storage and finish unfinished trials",
+        overwrite_help="delete the sweep's directory and start again")
     p.add_argument("--no-table", action="store_true", help="do not build the table at the end")
     p.set_defaults(func=guarded(run))
 
