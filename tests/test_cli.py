@@ -28,6 +28,16 @@ def test_help_has_an_example(command):
 def test_ls_lists_methods_and_configs():
     out = sslray("ls")
     assert out.returncode == 0 and "moco" in out.stdout and "fmnist_moco_v2" in out.stdout
+    for name in ("jigsaw_pp", "cc", "supervised", "fmnist_cc", "quickstart  ", "table=quickstart"):
+        assert name in out.stdout, name
+
+
+def test_validate_cc_checks_its_source_config():
+    out = sslray("validate", "fmnist_cc")
+    assert out.returncode == 0 and "source (stage 1 of the cc pipeline)" in out.stdout
+    assert "method:   jigsaw_pp" in out.stdout
+    out = sslray("validate", "fmnist_cc", "--set", "method.source=no_such_config")
+    assert out.returncode == 2 and "method.source: no_such_config" in out.stderr
 
 
 def test_validate_bad_key_exits_2_with_dotted_path(tmp_path: Path):

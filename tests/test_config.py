@@ -98,3 +98,9 @@ def test_derived_values():
 def test_paper_probe_on_image_folders_is_accepted():
     cfg = validate_raw(tiny_raw(data={"dataset": "imagefolder"}, eval={"linear_paper_epochs": 5}))
     assert cfg.data.dataset == "imagefolder" and cfg.eval.linear_paper_epochs == 5
+
+
+def test_transfer_dataset_must_differ_from_the_training_set():
+    with pytest.raises(ConfigError, match="eval.transfer: 'synthetic' cannot be a transfer"):
+        validate_raw(tiny_raw(eval={"transfer": ["synthetic"]}))
+    assert validate_raw(tiny_raw(eval={"transfer": ["digits"]})).eval.transfer == ("digits",)

@@ -101,8 +101,11 @@ def test_asha_needs_its_metric_every_epoch(tmp_path: Path) -> None:
 def test_concurrency_follows_the_cluster(tmp_path: Path) -> None:
     spec = load_sweep(write_sweep(tmp_path, resources={"workers": 2, "cpus_per_worker": 1}))
     assert max_concurrent(spec, {"CPU": 8.0}) == 3  # 2.01 CPU per trial
-    gpu = load_sweep(write_sweep(tmp_path, resources={"workers": 2, "use_gpu": True}))
+    gpu = load_sweep(write_sweep(tmp_path, resources={"workers": 2, "use_gpu": True,
+                                                      "placement_strategy": "STRICT_SPREAD"}))
     assert max_concurrent(gpu, {"CPU": 64.0, "GPU": 8.0}) == 4
+    res = expand(gpu)[0].config.resources  # the sweep's resources reach every trial's config
+    assert res.use_gpu and res.workers == 2 and res.placement_strategy == "STRICT_SPREAD"
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
