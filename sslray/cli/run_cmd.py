@@ -67,9 +67,10 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool
     elif resume:
         raise FileExistsError(f"{run_dir}: nothing to resume (no such run directory)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_file.write_text(json.dumps(
-        {"config": json.loads(cfg.to_json()), "derived": cfg.derived()}, indent=2, sort_keys=True
-    ))
+    from sslray.pipeline import write_config
+    from sslray.storage import location
+
+    write_config(cfg, location(run_dir))  # the same writer every run directory gets
 
 
 def start_ray(address: str | None, workers: int) -> None:

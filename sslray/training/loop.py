@@ -161,6 +161,7 @@ class Evaluator:
         self.cfg, self.device = cfg, device
         self.mean, self.std = dataset_stats(cfg.data.dataset)
         self.size = image_size(cfg.data)
+        self._transfer_cache: dict[str, tuple[Any, Any]] = {}
         self.files = cfg.data.dataset == "imagefolder"
         if self.files:
             self.splits: tuple[Any, Any] = (load_image_folder(cfg.data, "train"),
@@ -211,6 +212,14 @@ class Evaluator:
         return self._protocols((train_x, train_y, test_x, test_y), self.num_classes,
                                "eval/", suffix)
 
+    def _transfer_splits(self, name: Any) -> tuple[Any, Any]:
+        """A transfer dataset's (train, test) arrays, loaded once per run (init and end reuse)."""
+        if name not in self._transfer_cache:
+            data_cfg = DataConfig(dataset=name, image_size=self.size)
+            self._transfer_cache[name] = (load_arrays(data_cfg, "train", labeled=True),
+                                          load_arrays(data_cfg, "test"))
+        return self._transfer_cache[name]
+
     def transfer(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
         """The frozen encoder on each `eval.transfer` dataset: transfer/<name>/knn_top1, ...
 
@@ -219,10 +228,8 @@ class Evaluator:
         out: dict[str, float] = {}
         bs = self.cfg.eval.batch_size
         for name in self.cfg.eval.transfer:
-            data_cfg = DataConfig(dataset=name, image_size=self.size)
             mean, std = dataset_stats(name)
-            train = load_arrays(data_cfg, "train", labeled=True)
-            test = load_arrays(data_cfg, "test")
+            train, test = self._transfer_splits(name)
             train_x = extract_features(encoder, train, self.size, mean, std, bs, self.device)
             test_x = extract_features(encoder, test, self.size, mean, std, bs, self.device)
             out.update(self._protocols((train_x, train.labels, test_x, test.labels),
