@@ -210,8 +210,11 @@ def test_cc_pipeline_inside_a_tune_trial(ray_session: Any, tmp_path: Path) -> No
 @pytest.mark.timeout(420)
 def test_restore_after_the_driver_is_killed(tmp_path: Path) -> None:
     """SIGKILL the sweep driver after trial 1 finished; --resume must not re-run trial 1."""
+    # Trial 2 runs 30 epochs so that it is surely still running when the driver is killed
+    # (with 2 epochs it could finish in the seconds the test waits; a fresh-clone CI run saw it).
     path = write_sweep(tmp_path, seeds=[0], resources={"workers": 1, "cpus_per_worker": 1,
-                                                       "max_concurrent_trials": 1})
+                                                       "max_concurrent_trials": 1},
+                       grid={"method.temperature,train.epochs": [[0.1, 2], [0.2, 30]]})
     env = {**os.environ, **FAST_RAY_ENV, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "sslray.cli.main", "sweep", str(path), "--no-table"]
     sweep_dir = tmp_path / "sweeps" / "t"
@@ -222,8 +225,10 @@ def test_restore_after_the_driver_is_killed(tmp_path: Path) -> None:
         first: Path | None = None
         while time.time() < deadline and first is None:
             time.sleep(0.5)
-            done = [d for d in trial_dirs(sweep_dir) if sweep_dir.is_dir()
-                    if len(result_lines(d)) == 2] if sweep_dir.is_dir() else []
+            done = [d for d in trial_dirs(sweep_dir)
+                    if [r["epoch"] for r in result_lines(d)] == [1, 2]
+                    and json.loads((d / "config.json").read_text())["config"]["train"]["epochs"]
+                    == 2] if sweep_dir.is_dir() else []
             first = done[0] if done else None
         assert first is not None, "the first trial never finished"
         time.sleep(4)  # > TUNE_GLOBAL_CHECKPOINT_S: the experiment state records it finished
@@ -240,7 +245,7 @@ def test_restore_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert len(dirs) == 2
     # Both trials finished. (The killed trial may repeat an epoch it had run but not yet
     # checkpointed when the driver died, so its result.json can hold 2 or 3 lines.)
-    assert all(result_lines(d)[-1]["epoch"] == 2 for d in dirs), [
+    assert sorted(result_lines(d)[-1]["epoch"] for d in dirs) == [2, 30], [
         [r["epoch"] for r in result_lines(d)] for d in dirs]
     # The first trial was not run again: no new Tune results, its Train run finished once.
     assert [r["epoch"] for r in result_lines(first)] == [1, 2]
