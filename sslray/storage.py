@@ -70,9 +70,13 @@ class Location:
         parent = str(PurePosixPath(target.path).parent)
         self.fs.create_dir(parent, recursive=True)
         if target.is_local:
-            tmp = f"{target.path}.tmp{os.getpid()}"
-            Path(tmp).write_bytes(data)
-            os.replace(tmp, target.path)
+            tmp = Path(f"{target.path}.tmp{os.getpid()}")
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, target.path)
+            except BaseException:  # a full disk or a lost mount: the old file stays as it was
+                tmp.unlink(missing_ok=True)
+                raise
             return
         with self.fs.open_output_stream(target.path) as f:  # object stores: one PUT, atomic
             f.write(data)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from sslray.storage import Location
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"  # one Ray Train checkpoint: the whole training state
 FINAL_FILE = "final.pt"  # a run directory's trained model, written after the last epoch
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of complete checkpoints
 
 
 class CheckpointError(ValueError):
@@ -25,8 +28,12 @@ def save_state(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary name, then rename: a crash mid-write never corrupts the last file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a lost mount, an interrupt: keep the old file only
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_state(path: Path, method: str | None = None) -> dict[str, Any]:
@@ -52,19 +59,60 @@ def load_state(path: Path, method: str | None = None) -> dict[str, Any]:
     return state
 
 
+def _checkpoint_dirs(run: Location) -> list[str]:
+    """The run's Ray Train checkpoint directories, the one to use first.
+
+    Ray registers a checkpoint in checkpoint_manager_snapshot.json only once it is complete in
+    storage, so the snapshot's latest comes first; the other directories follow, newest first
+    (a directory that a dying upload left half-written is tried last and skipped if unreadable).
+    """
+    infos = run.fs.get_file_info(pafs.FileSelector(run.path))
+    names = sorted((i.base_name for i in infos if i.base_name.startswith("checkpoint_")
+                    and i.type == pafs.FileType.Directory), reverse=True)
+    if run.exists(SNAPSHOT_FILE):
+        try:
+            snap = json.loads(run.read_text(SNAPSHOT_FILE))
+            latest = (snap.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+        except (ValueError, AttributeError):
+            latest = None
+        if latest in names:
+            names.remove(latest)
+            names.insert(0, latest)
+    return names
+
+
 def load_trained_state(run: Location, method: str | None = None) -> dict[str, Any]:
-    """A run directory's trained model: its final.pt, else its latest Ray Train checkpoint."""
+    """A run directory's trained model: its final.pt, else its latest complete Ray Train
+    checkpoint (an unreadable newer one, e.g. a half-written upload, is skipped with a warning)."""
     if not run.exists():
         raise CheckpointError(f"{run.uri}: no such run directory")
     if run.exists(FINAL_FILE):
-        data = run.read_bytes(FINAL_FILE)
-    else:
-        infos = run.fs.get_file_info(pafs.FileSelector(run.path))
-        ckpts = sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint_"))
-        if not ckpts:
-            raise CheckpointError(f"{run.uri}: neither {FINAL_FILE} nor a checkpoint_* "
-                                  f"directory: the run did not finish an epoch")
-        data = run.read_bytes(ckpts[-1], STATE_FILE)
+        return _load_bytes(run.read_bytes(FINAL_FILE), run.child(FINAL_FILE).uri, method)
+    names = _checkpoint_dirs(run)
+    if not names:
+        raise CheckpointError(f"{run.uri}: neither {FINAL_FILE} nor a checkpoint_* "
+                              f"directory: the run did not finish an epoch")
+    errors: list[str] = []
+    for name in names:
+        uri = run.child(name, STATE_FILE).uri
+        try:
+            state = _load_bytes(run.read_bytes(name, STATE_FILE), uri, method)
+        except (CheckpointError, OSError) as exc:
+            errors.append(str(exc))
+            continue
+        if errors:
+            warnings.warn(f"skipped {len(errors)} unreadable checkpoint(s); using {uri}. "
+                          f"First problem: {errors[0]}", RuntimeWarning, stacklevel=2)
+        return state
+    raise CheckpointError(f"{run.uri}: no readable checkpoint among {len(names)}: "
+                          + " | ".join(errors))
+
+
+def _load_bytes(data: bytes, uri: str, method: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / STATE_FILE).write_bytes(data)
-        return load_state(Path(tmp) / STATE_FILE, method)
+        path = Path(tmp) / STATE_FILE
+        path.write_bytes(data)
+        try:
+            return load_state(path, method)
+        except CheckpointError as exc:  # name the real file, not the temporary copy
+            raise CheckpointError(str(exc).replace(str(path), uri)) from None
