@@ -85,6 +85,20 @@ class EvalConfig(StrictModel):
     transfer: tuple[DatasetName, ...] = ()
 
 
+# Training-split sizes of the in-memory datasets (the official splits; digits: sslray's
+# stratified 80 % of scikit-learn's 1,797). Image folders and STL-10 are counted when loaded.
+TRAIN_SPLIT_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000,
+                     "cifar100": 50_000, "digits": 1_437}
+
+
+def train_split_size(data: DataConfig) -> int | None:
+    """Images in the training split a run uses, when known without loading it."""
+    n = data.synthetic_size if data.dataset == "synthetic" else TRAIN_SPLIT_SIZES.get(data.dataset)
+    if n is not None and data.train_subset is not None:
+        n = min(n, data.train_subset)
+    return n
+
+
 class ResourcesConfig(StrictModel):
     workers: int = Field(default=1, ge=0)  # Ray Train workers; 0 = Ray Train local mode (no Ray)
     use_gpu: bool = False
@@ -121,6 +135,12 @@ class RunConfig(StrictModel):
                     f"eval.transfer: {name!r} cannot be a transfer dataset (use another "
                     f"labelled in-memory dataset than data.dataset, e.g. digits or mnist)"
                 )
+        k, n = getattr(self.method, "k", None), train_split_size(self.data)
+        if k is not None and n is not None and k > n:
+            raise ValueError(
+                f"method.k ({k} clusters) is more than the {n} training images k-means would "
+                f"cluster; lower method.k or raise data.train_subset"
+            )
         queue = getattr(self.method, "queue_size", None)
         dictionary = getattr(self.method, "dictionary", "queue")
         if queue is not None and dictionary == "queue" and queue % self.train.batch_size:

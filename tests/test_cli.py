@@ -95,3 +95,30 @@ def test_progress_prints_one_line_per_epoch_when_not_a_terminal(capsys):
     assert capsys.readouterr().out == "epoch 1/3 | loss 2.5 | knn_top1 0.75\n"
     EpochProgress(epochs=3, steps=10, enabled=False).end_epoch({"epoch": 2.0})
     assert capsys.readouterr().out == ""  # other ranks stay quiet
+
+
+def test_more_clusters_than_images_is_refused_before_any_work(tmp_path: Path):
+    out = sslray("validate", "fmnist_cc", "--set", "method.k=5000", "--set",
+                 "data.train_subset=1000")
+    assert out.returncode == 2
+    assert "method.k (5000 clusters) is more than the 1000 training images" in out.stderr
+
+
+def test_more_workers_than_the_local_machine_has_is_refused(tmp_path: Path):
+    """A local Ray never grows: the run and the sweep stop at once, before writing anything."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw(resources={"workers": 16})))
+    run_dir = tmp_path / "run"
+    out = sslray("run", str(cfg), "--output", str(run_dir))
+    assert out.returncode == 2, out.stderr
+    assert "resources.workers=16 x (cpus_per_worker=1)" in out.stderr
+    assert "needs 16 CPUs (this machine has" in out.stderr and "--address" in out.stderr
+    assert not run_dir.exists()
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "big", "base": tiny_raw(), "seeds": [0],
+                                     "storage": str(tmp_path / "sweeps"),
+                                     "resources": {"workers": 16, "cpus_per_worker": 1}}))
+    out = sslray("sweep", str(sweep))
+    assert out.returncode == 2, out.stderr
+    assert "one trial (resources.workers=16)" in out.stderr and "needs 16.01 CPUs" in out.stderr
+    assert not (tmp_path / "sweeps").exists()

@@ -14,7 +14,7 @@ from typing import Any
 
 from sslray.cli.common import add_config_arguments, add_ray_arguments, guarded
 from sslray.cli.validate_cmd import describe
-from sslray.config import RunConfig, load_config
+from sslray.config import ConfigError, RunConfig, load_config
 
 
 def add_parser(sub: Any) -> None:
@@ -73,6 +73,32 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool
     write_config(cfg, location(run_dir))  # the same writer every run directory gets
 
 
+def local_capacity() -> tuple[float, float]:
+    """(CPUs, GPUs) a local Ray started here would have: Ray's own CPU count (cgroup-aware)."""
+    import torch
+    from ray._private.utils import get_num_cpus
+
+    return float(get_num_cpus()), float(torch.cuda.device_count())
+
+
+def check_fits_locally(address: str | None, cpus: float, gpus: float, what: str,
+                       fix: str) -> None:
+    """A local Ray (no --address) never grows: refuse work that could never be scheduled on it,
+    before anything is written. (On a cluster the autoscaler may still add nodes: no check.)"""
+    import ray
+
+    if address is not None or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return
+    have_cpus, have_gpus = local_capacity()
+    short = [f"{need:g} {name} (this machine has {have:g})"
+             for name, need, have in (("CPUs", cpus, have_cpus), ("GPUs", gpus, have_gpus))
+             if need > have + 1e-9]
+    if short:
+        raise ConfigError(what, [f"needs {' and '.join(short)}, which the local Ray started "
+                                 f"here can never give; {fix}, or pass --address of a cluster "
+                                 f"that has (or can autoscale to) them"])
+
+
 def start_ray(address: str | None, workers: int) -> None:
     import ray
 
@@ -95,6 +121,14 @@ def run(args: argparse.Namespace) -> int:
     if args.smoke:
         cfg = cfg.smoke()
     run_dir = Path(args.output or Path("runs") / (cfg.name + ("-smoke" if args.smoke else "")))
+    res = cfg.resources
+    if res.workers > 0:
+        check_fits_locally(
+            args.address, res.workers * res.cpus_per_worker,
+            res.workers * res.gpus_per_worker if res.use_gpu else 0.0,
+            f"resources.workers={res.workers} x (cpus_per_worker={res.cpus_per_worker:g}"
+            + (f", gpus_per_worker={res.gpus_per_worker:g})" if res.use_gpu else ")"),
+            "lower resources.workers / cpus_per_worker (--workers N), or 0 for local mode")
     prepare_run_dir(run_dir, cfg, args.resume, args.overwrite or args.smoke)
     print(describe(cfg))
     print(f"run dir:  {run_dir}", flush=True)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from sslray.cli.common import add_ray_arguments, guarded
-from sslray.cli.run_cmd import start_ray
+from sslray.cli.run_cmd import check_fits_locally, start_ray
 from sslray.sweep.spec import describe_sweep, expand, load_sweep
 
 
@@ -39,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     spec = load_sweep(args.sweep)
     trials = expand(spec, smoke=args.smoke)
     print(describe_sweep(spec, trials), flush=True)
+    res = spec.resources
+    check_fits_locally(args.address, res.trial_cpus, res.trial_gpus,
+                       f"{args.sweep}: one trial (resources.workers={res.workers})",
+                       "lower resources.workers / cpus_per_worker / driver_cpus in the sweep")
     start_ray(args.address, spec.resources.workers)
     from sslray.sweep.runner import run_sweep, sweep_location
 
