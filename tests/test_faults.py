@@ -169,3 +169,73 @@ def test_a_diverging_trial_errors_alone_and_the_table_marks_it(
     assert lines[-1] == "| 1000000000000 | – |", lines  # marked, never averaged in
     knn = frame.loc[0.05, "eval/knn_top1"]
     assert lines[-2] == f"| 0.05 | {100 * knn:.1f} (n=1) |", lines
+
+
+# -- Bad input not covered elsewhere (test_config, test_cli, test_sweep, test_data, test_resume) --
+
+
+def _sweep_problems(tmp_path: Path, **fields: Any) -> str:
+    from sslray.config import ConfigError
+    from sslray.sweep.spec import expand
+    from sslray.sweep.spec import load_sweep as load_sweep_file
+
+    raw = {"name": "t", "base": tiny_raw(), "storage": str(tmp_path / "sweeps"), **fields}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        expand(load_sweep_file(path))
+    return str(err.value)
+
+
+def test_sweeps_that_give_no_trials_or_miss_their_base(tmp_path: Path) -> None:
+    assert "grid.method.temperature: an empty list gives no trials" in _sweep_problems(
+        tmp_path, grid={"method.temperature": []})
+    assert "seeds: List should have at least 1 item" in _sweep_problems(tmp_path, seeds=[])
+    msg = _sweep_problems(tmp_path, base=str(tmp_path / "nope.yaml"))
+    assert f"base: {tmp_path / 'nope.yaml'}: no such file, and not a built-in config" in msg
+    assert "variants." not in msg  # the key the user wrote, not an internal name
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_tau_outside_0_1_is_refused() -> None:
+    from sslray.config import ConfigError, validate_raw
+
+    for value in (1.5, -0.1):
+        with pytest.raises(ConfigError, match="method.tau_base: Input should be"):
+            validate_raw(tiny_raw(method={"name": "byol", "tau_base": value}))
+
+
+def test_yaml_tags_that_run_code_are_refused(tmp_path: Path) -> None:
+    from sslray.config import ConfigError, load_config
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="malformed YAML at line 1.*python/object/apply"):
+        load_config(str(path))
+    assert not marker.exists()
+
+
+def test_checkpoints_never_unpickle_code(tmp_path: Path) -> None:
+    """weights_only=True: a checkpoint holding an arbitrary object is refused, never run."""
+    path = tmp_path / STATE_FILE
+    torch.save({"format_version": 1, "method": "moco", "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="not a readable sslray checkpoint"):
+        load_state(path)
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("echo this must never run",))
+
+
+def test_a_dataset_root_with_the_wrong_files(tmp_path: Path) -> None:
+    """The labels file copied over the images: the loader names both files and the shapes."""
+    from sslray.data.datasets import DatasetError, load_idx_dataset
+    from tests.test_data import _fake_mnist
+
+    _fake_mnist(tmp_path)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    shutil.copy(tmp_path / "train-labels-idx1-ubyte.gz", images)
+    with pytest.raises(DatasetError, match=r"do not match \(images \(12,\), labels \(12,\)\)"):
+        load_idx_dataset("mnist", "train", str(tmp_path))

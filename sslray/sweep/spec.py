@@ -229,7 +229,8 @@ def expand(spec: SweepSpec, smoke: bool = False) -> list[Trial]:
         try:
             raw, source = _base_raw(base)
         except ConfigError as exc:
-            problems.extend(f"variants.{label}.base: {p}" for p in exc.problems)
+            key = f"variants.{label}.base" if variant.base is not None else "base"
+            problems.extend(f"{key}: {p}" for p in exc.problems)
             continue
         for grid in grid_points(variant.grid if variant.grid is not None else spec.grid):
             for seed in spec.seeds:
