@@ -87,7 +87,19 @@ class DataConfig(StrictModel):
     test_subset: int | None = None  # None: the whole test split
     subset_seed: int = 0  # fixed, so every run of a sweep sees the same subset
     download: bool = False  # never download unless asked (no hidden downloads)
-    loader_workers: int = Field(default=2, ge=0)  # DataLoader workers for image-file datasets
+    # DataLoader worker processes per training worker, image-file datasets only (decode, crop, and
+    # with augment_on: loader the rest of the views); persistent across epochs, and on GPU runs
+    # their batches land in pinned memory (FileStream). Chosen: 2 fits a 2-core CPU; MoCo's
+    # main_moco.py uses 32 per 8-GPU node = 4 per GPU (the imagenet_* configs set 8).
+    loader_workers: int = Field(default=2, ge=0)
+    # Where an image-file dataset's views are augmented: "loader" runs the whole torchvision
+    # pipeline per sample in the DataLoader workers; "device" has them decode and RandomResizedCrop
+    # only (it needs the full-resolution image) and ship uint8 crops (4x fewer bytes than float
+    # views); flip, jitter, grayscale, blur, solarize and normalise then run batched on the
+    # training device (BatchedViews). "auto": device on GPU runs (CPU-side augmentation is the
+    # usual ImageNet bottleneck, the reason DALI and FFCV exist), loader on CPU runs (there both
+    # use the same cores). In-memory datasets are always augmented batched on the device.
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     synthetic_size: int = Field(default=1024, ge=20)  # images per split of the synthetic set
     synthetic_classes: int = Field(default=4, ge=2)
 

@@ -2,7 +2,7 @@
 
 from sslray.data.datasets import DatasetError, ImageArrays, load_arrays, load_image_folder
 from sslray.data.loaders import ArrayStream, Batch, FileStream
-from sslray.data.views import BatchedViews, eval_transform, torchvision_views
+from sslray.data.views import BatchedViews, eval_transform, torchvision_crop, torchvision_views
 
 __all__ = [
     "ArrayStream",
@@ -14,5 +14,6 @@ __all__ = [
     "eval_transform",
     "load_arrays",
     "load_image_folder",
+    "torchvision_crop",
     "torchvision_views",
 ]

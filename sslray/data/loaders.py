@@ -21,14 +21,16 @@ from sslray.data.datasets import ImageArrays
 class Batch:
     """One worker's share of a global batch.
 
-    Either `images` (uint8 (B, C, H, W), views made on the training device) or `views`
-    (already-augmented float tensors from DataLoader workers) is set.
+    One of `images` (uint8 (B, C, H, W), views made on the training device), `crops` (one uint8
+    (B, 3, S, S) crop per view from DataLoader workers, finished on the training device) or
+    `views` (already-augmented float tensors from DataLoader workers) is set.
     """
 
     labels: torch.Tensor  # (B,)
     index: torch.Tensor  # (B,) dataset indices (the memory bank keys by them)
     images: torch.Tensor | None = None
     views: tuple[torch.Tensor, ...] | None = None
+    crops: tuple[torch.Tensor, ...] | None = None
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -98,7 +100,13 @@ class _ViewsDataset(Dataset[Any]):
 
 
 class FileStream:
-    """Batches of an image-file dataset; per-sample torchvision views in DataLoader workers."""
+    """Batches of an image-file dataset; per-sample torchvision transforms in DataLoader workers.
+
+    `crops=False`: the transforms make finished views (`Batch.views`); `crops=True`: they make
+    uint8 crops (`Batch.crops`) that the trainer augments on its device. The workers persist
+    across epochs (no re-fork of `num_workers` processes per epoch), and `pin_memory` (GPU runs)
+    makes the host-to-device copies asynchronous (`non_blocking=True` in the trainer).
+    """
 
     def __init__(
         self,
@@ -110,8 +118,10 @@ class FileStream:
         seed: int,
         num_workers: int,
         pin_memory: bool,
+        crops: bool = False,
     ):
         n = len(folder)
+        self.crops = crops
         shard_steps(n, per_worker, world, rank, seed, 0)
         self.sampler = _ShardSampler(n, per_worker, world, rank, seed)
         self.steps_per_epoch = n // (per_worker * world)
@@ -128,4 +138,7 @@ class FileStream:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         self.sampler.epoch = epoch
         for views, labels, index in self.loader:
-            yield Batch(labels=labels, index=index, views=tuple(views))
+            if self.crops:
+                yield Batch(labels=labels, index=index, crops=tuple(views))
+            else:
+                yield Batch(labels=labels, index=index, views=tuple(views))

@@ -8,6 +8,9 @@ Two implementations of the same `AugmentConfig`:
   much as the small backbone itself. It runs on whatever device the batch lives on.
 * `torchvision_views`: the per-sample torchvision.transforms.v2 pipeline, the reference recipe
   (MoCo v1/v2 main_moco.py) for image files (ImageFolder / ImageNet) in DataLoader workers.
+* Split between the two (`data.augment_on: device`, image files): `torchvision_crop` decodes and
+  crops per sample in the DataLoader workers (RandomResizedCrop needs the full-resolution image),
+  `BatchedViews.from_crops` does the rest batched on the training device.
 
 Differences, by design: the batched colour jitter applies brightness, contrast, saturation, hue in
 that fixed order (torchvision picks a random order), and its hue shift is a rotation in YIQ space.
@@ -68,6 +71,13 @@ def random_resized_crop(
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_flip(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-sample horizontal flip of (N, C, H, W) with probability p."""
+    n = x.shape[0]
+    apply = _bernoulli(n, p, x.device).view(n, 1, 1, 1)
+    return torch.where(apply, x.flip(-1), x)
 
 
 def color_jitter(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
@@ -165,11 +175,15 @@ class BatchedViews:
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
 
-    def one(self, images: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    def one(self, images: torch.Tensor, cfg: AugmentConfig, crop: bool = True) -> torch.Tensor:
+        """One view; `crop=False`: `images` are already cropped to (N, C, size, size)."""
         x = images.float().div_(255)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p)
+        if crop:
+            x = random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p)
+        else:  # the flip is all that is left of the geometry; it commutes with what follows
+            x = random_flip(x, cfg.flip_p)
         if cfg.jitter_p > 0:
             x = color_jitter(x, cfg)
         if cfg.grayscale_p > 0:
@@ -182,6 +196,11 @@ class BatchedViews:
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.one(images, cfg) for cfg in self.augs)
+
+    def from_crops(self, crops: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Views from one uint8 crop batch (N, 3, size, size) per view (`torchvision_crop`, in
+        DataLoader workers): flip, jitter, grayscale, blur, solarize, normalise, batched."""
+        return tuple(self.one(c, cfg, crop=False) for c, cfg in zip(crops, self.augs, strict=True))
 
 
 def eval_transform(
@@ -200,6 +219,20 @@ def eval_transform(
     return (x - m) / s
 
 
+def _crop_ops(cfg: AugmentConfig, size: int) -> list[v2.Transform]:
+    return [
+        v2.ToImage(),
+        v2.RGB(),
+        v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
+    ]
+
+
+def torchvision_crop(cfg: AugmentConfig, size: int) -> v2.Compose:
+    """The per-sample part of a view for `BatchedViews.from_crops`: a PIL image or uint8 tensor
+    -> RGB, RandomResizedCrop -> uint8 (3, size, size); the same crop as `torchvision_views`."""
+    return v2.Compose(_crop_ops(cfg, size))
+
+
 def torchvision_views(
     cfg: AugmentConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> v2.Compose:
@@ -207,11 +240,7 @@ def torchvision_views(
 
     Input: a PIL image or a uint8 tensor; output: a normalised float (3, size, size) tensor.
     """
-    ops: list[v2.Transform] = [
-        v2.ToImage(),
-        v2.RGB(),
-        v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
-    ]
+    ops = _crop_ops(cfg, size)
     if cfg.jitter_p > 0:
         jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
         ops.append(v2.RandomApply([jitter], p=cfg.jitter_p))

@@ -110,9 +110,12 @@ class AlexNetSmall(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
+Backbone = SmallResNet | TorchvisionResNet | AlexNetSmall
+
+
 def build_backbone(
     cfg: BackboneConfig, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d
-) -> SmallResNet | TorchvisionResNet | AlexNetSmall:
+) -> Backbone:
     """Build the backbone a `BackboneConfig` describes."""
     if cfg.arch == "small_resnet":
         return SmallResNet(cfg.width, tuple(cfg.blocks), norm_layer)

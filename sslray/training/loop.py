@@ -19,12 +19,13 @@ from sslray import distributed as dist
 from sslray.config import DataConfig, RunConfig
 from sslray.data.datasets import dataset_stats, image_size, load_arrays, load_image_folder
 from sslray.data.loaders import ArrayStream, Batch, FileStream
-from sslray.data.views import BatchedViews, torchvision_views
+from sslray.data.views import BatchedViews, torchvision_crop, torchvision_views
 from sslray.eval.features import extract_features, extract_folder_features
 from sslray.eval.knn import knn_top1
 from sslray.eval.linear import linear_probe_fast, linear_probe_paper, linear_probe_paper_folder
 from sslray.methods import build_method
-from sslray.training.optim import build_optimizer
+from sslray.models import Backbone
+from sslray.training.optim import build_optimizer, set_impl
 from sslray.training.progress import EpochProgress
 
 EpochCallback = Callable[[dict[str, float], "Trainer"], None]
@@ -71,6 +72,19 @@ def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
     return base
 
 
+def compile_backbones(method: nn.Module) -> int:
+    """torch.compile every backbone of `method` in place (online and momentum copies); returns
+    how many. `nn.Module.compile` keeps the module and its state_dict keys (torch.compile(m)
+    would wrap it and prefix every key with `_orig_mod.`), so checkpoints stay interchangeable.
+    The backbones hold nearly all the compute; the methods' own steps (queues, shuffles,
+    collectives) stay eager.
+    """
+    backbones = [m for m in method.modules() if isinstance(m, Backbone)]
+    for m in backbones:
+        m.compile()
+    return len(backbones)
+
+
 class Trainer:
     """One worker's training state: method, optimiser, counters; `state_dict()` is all of it."""
 
@@ -89,6 +103,8 @@ class Trainer:
         self.method: Any = sync_bn(method, self.device).to(self.device)
         if cfg.train.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            compile_backbones(self.method)
         self.model = wrap(self.method) if wrap is not None else self.method
         self.bf16 = use_bf16(cfg.train.precision, self.device)
         self.mean, self.std = dataset_stats(cfg.data.dataset)
@@ -104,7 +120,10 @@ class Trainer:
         return self.cfg.train.epochs * self.steps_per_epoch
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        if batch.views is None:
+        if batch.crops is not None:  # image files, data.augment_on: device
+            views = self.views.from_crops(
+                tuple(c.to(self.device, non_blocking=True) for c in batch.crops))
+        elif batch.views is None:
             assert batch.images is not None
             views = self.views(batch.images.to(self.device, non_blocking=True))
         else:
@@ -139,6 +158,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        set_impl(self.optimizer, self.cfg.optim.impl)  # this run's optim.impl, not the saved one
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         torch.set_rng_state(state["rng"])
         self.extra = dict(state.get("extra", {}))
@@ -244,14 +264,22 @@ def load_train_split(cfg: RunConfig) -> Any:
     return load_arrays(cfg.data, "train")
 
 
+def augment_on_device(cfg: DataConfig, use_gpu: bool) -> bool:
+    """Whether an image-file dataset's views are finished on the training device."""
+    return cfg.augment_on == "device" or (cfg.augment_on == "auto" and use_gpu)
+
+
 def make_stream(cfg: RunConfig, data: Any, views: tuple[Any, ...], world: int, rank: int,
                 use_gpu: bool) -> ArrayStream | FileStream:
     per_worker = cfg.train.batch_size // world
     if cfg.data.dataset == "imagefolder":
         mean, std = dataset_stats("imagefolder")
-        tfs = tuple(torchvision_views(a, image_size(cfg.data), mean, std) for a in views)
+        size = image_size(cfg.data)
+        on_device = augment_on_device(cfg.data, use_gpu)
+        tfs = tuple(torchvision_crop(a, size) if on_device
+                    else torchvision_views(a, size, mean, std) for a in views)
         return FileStream(data, tfs, per_worker, world, rank, cfg.seed,
-                          cfg.data.loader_workers, pin_memory=use_gpu)
+                          cfg.data.loader_workers, pin_memory=use_gpu, crops=on_device)
     return ArrayStream(data, per_worker, world, rank, cfg.seed)
 
 
