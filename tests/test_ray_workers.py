@@ -65,15 +65,15 @@ def test_shuffle_round_trip_across_two_ray_train_workers(ray_session, tmp_path):
         assert len(foreign) > 0
 
 
-def test_ray_run_killed_after_epoch_1_resumes_and_matches_uninterrupted(
+def test_ray_worker_killed_mid_epoch_resumes_and_matches_uninterrupted(
     ray_session, tmp_path, monkeypatch
 ):
     cfg = tiny_config(resources={"workers": 1, "max_failures": 1}, eval={"knn_k": 10})
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    monkeypatch.setenv(FAULT_ENV, "1")  # SIGKILL the worker right after epoch 1's checkpoint
+    monkeypatch.setenv(FAULT_ENV, "1")  # SIGKILL the worker mid-epoch 2 (epoch 1 checkpointed)
     metrics = run_training(cfg, run_dir)
-    assert (run_dir / ".fault_injected").read_text() == "1"  # the kill really happened
+    assert (run_dir / ".fault_injected").read_text() == "2:1"  # killed after step 1 of epoch 2
     assert metrics["epoch"] == 2.0
     assert metrics["train/resumed_from_epoch"] == 1.0  # the restarted worker began at epoch 1
     assert json.loads((run_dir / "result.json").read_text().splitlines()[-1])["epoch"] == 2.0

@@ -290,14 +290,16 @@ def fit(
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     resume: dict[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
+    on_step: Callable[[int, int], None] | None = None,
     verbose: bool = True,
 ) -> dict[str, float]:
     """Pre-train as `cfg` says; returns the last epoch's metrics (train/*, eval/*).
 
     `resume`: a state from `Trainer.state_dict()`; training continues at its epoch.
     `on_epoch_end(metrics, trainer)`: called on every worker after each epoch (Ray reports and
-    checkpoints there). train/* metrics are averaged over workers; rank 0 alone evaluates, so
-    eval/* metrics exist on rank 0 only (the one whose reports Ray Train keeps).
+    checkpoints there). `on_step(epoch, step)`: after each optimiser step (0-based indices; the
+    fault-injection tests kill a worker there). train/* metrics are averaged over workers; rank 0
+    alone evaluates, so eval/* metrics exist on rank 0 only (the one whose reports Ray Train keeps).
     """
     rank, world = dist.rank(), dist.world_size()
     if cfg.train.batch_size % world:
@@ -334,6 +336,8 @@ def fit(
         for i, batch in enumerate(stream.epoch(epoch)):
             for name, value in trainer.train_step(batch).items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
+            if on_step is not None:
+                on_step(epoch, i)
             if progress.live and "loss" in sums:
                 progress.step(epoch, i + 1, float(sums["loss"]) / (i + 1))
         elapsed = time.perf_counter() - start

@@ -28,21 +28,23 @@ from sslray.storage import Location, location
 from sslray.training.checkpoint import FINAL_FILE, STATE_FILE, load_state, save_state
 from sslray.training.loop import Trainer, fit
 
-# Fault injection for tests: SIGKILL the rank-0 worker process once after this epoch.
+# Fault injection for tests: SIGKILL the rank-0 worker process once, in the middle of the epoch
+# after this one (after its first step, once this epoch's checkpoint is registered).
 FAULT_ENV = "SSLRAY_FAULT_KILL_AFTER_EPOCH"
 
 
-def _maybe_inject_fault(target: str | None, epoch: int, marker_dir: Path) -> None:
-    """SIGKILL this worker once, after epoch `target` was reported (a test of recovery).
+def _maybe_inject_fault(target: str | None, epoch: int, step: int, marker_dir: Path) -> None:
+    """SIGKILL this worker once, mid-epoch: after step 0 of 0-based epoch `target`, i.e. of the
+    epoch that follows the reported (and checkpointed) epoch number `target` (a recovery test).
 
     The controller registers a reported checkpoint when it next polls the workers (every
     RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); a process killed before that poll loses the checkpoint,
     as on any real failure. Waiting two poll intervals makes the test kill land after it.
     """
     marker = marker_dir / ".fault_injected"
-    if not target or int(target) != epoch or marker.exists():
+    if not target or int(target) != epoch or step != 0 or marker.exists():
         return
-    marker.write_text(str(epoch))
+    marker.write_text(f"{epoch + 1}:{step + 1}")  # the epoch and step it died in (1-based)
     time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 0.5)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -90,8 +92,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 if int(metrics["epoch"]) == cfg.train.epochs:
                     save_final_model(state, trainer.method, run_loc, Path(tmp))
             ray.train.report(metrics, checkpoint=checkpoint)
-        if rank == 0 and run_loc.is_local:
-            _maybe_inject_fault(config.get("fault"), int(metrics["epoch"]), Path(run_loc.path))
+
+    def on_step(epoch: int, step: int) -> None:
+        if rank == 0 and run_loc.is_local and config.get("fault"):
+            _maybe_inject_fault(config["fault"], epoch, step, Path(run_loc.path))
 
     def wrap(model: Any) -> Any:
         # MoCo's queue is identical on every worker and the key encoder is not trained, so
@@ -102,7 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         )
 
     metrics = fit(cfg, device=ray.train.torch.get_device(), wrap=wrap, resume=resume,
-                  on_epoch_end=on_epoch_end,
+                  on_epoch_end=on_epoch_end, on_step=on_step,
                   verbose=rank == 0 and config.get("verbose", True))
     return {**metrics, "train/resumed_from_epoch": resumed_from}
 
