@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-install
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FMNIST_LOCAL := $(or $(SSLRAY_DATA),data)/fashion_mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test install data lint clean
+.PHONY: demo test install data lint clean bench bench-smoke peer-venv
 
 # The quickstart sweep (sweeps/quickstart.yaml): every method, 2 seeds, on Ray Tune; prints its
 # table and writes it (md/tex/csv) and its figure under runs/sweeps/quickstart/.
@@ -42,8 +42,52 @@ data:
 	fi
 
 lint: install
-	$(VENV)/bin/ruff check sslray tests analysis cluster
-	$(VENV)/bin/mypy sslray analysis cluster
+	$(VENV)/bin/ruff check sslray tests analysis cluster benchmarks
+	$(VENV)/bin/mypy sslray analysis cluster benchmarks
+
+# Benchmarks (README "Benchmarks"): JSON lines under benchmarks/results/, then SUMMARY.md there.
+# Measure on a quiet machine: each run waits up to 60 s for other processes to go below 0.25
+# cores and records what it saw. About 20-25 minutes on the 2-core machine: training 4 methods x
+# (compute, plain, Ray 1 worker, Ray 2 workers) at 3 epochs x 3 steps of batch 128 (epochs 2-3
+# timed); lightly vs ours for MoCo (symmetric) and BYOL, one pair each; kNN / k-means / linear
+# probe at 60k x 512.
+BENCH_OUT ?= benchmarks/results
+BENCH_SMOKE_OUT ?= benchmarks/results/smoke
+BENCH_TRAIN ?= --steps 3 --epochs 3 --batch 128 --size 32 --threads 2 --precision fp32
+PEER_VENV ?= .peer-venv
+
+bench: install peer-venv
+	$(PY) -m benchmarks.train_throughput $(BENCH_TRAIN) --wait-quiet 60 \
+		--out $(BENCH_OUT)/train_throughput.jsonl
+	$(PY) -m benchmarks.peer_compare $(BENCH_TRAIN) --pairs 1 --wait-quiet 60 \
+		--peer-python $(PEER_VENV)/bin/python --out $(BENCH_OUT)/peer_compare.jsonl
+	$(PY) -m benchmarks.eval_throughput --threads 2 --wait-quiet 60 \
+		--out $(BENCH_OUT)/eval_throughput.jsonl
+	$(PY) -m benchmarks.summarize --results $(BENCH_OUT)
+
+# Every script at toy sizes (tiny backbone, batch 16): checks the wiring in about 2 minutes.
+# Its figures mean nothing; they go to $(BENCH_SMOKE_OUT), never over the real results.
+BENCH_TOY := --batch 16 --steps 1 --epochs 2 --width 4
+bench-smoke: install
+	$(PY) -m benchmarks.train_throughput $(BENCH_TOY) --size 16 --modes compute,plain \
+		--out $(BENCH_SMOKE_OUT)/train_throughput.jsonl
+	$(PY) -m benchmarks.train_throughput $(BENCH_TOY) --size 16 --methods moco_sym \
+		--modes ray1,ray2 --append --out $(BENCH_SMOKE_OUT)/train_throughput.jsonl
+	$(PY) -m benchmarks.peer_compare $(BENCH_TOY) --methods moco_sym --peer-warmup 1 \
+		--peer-python $(PEER_VENV)/bin/python --out $(BENCH_SMOKE_OUT)/peer_compare.jsonl
+	$(PY) -m benchmarks.eval_throughput --knn-sizes 3000x64,1000x32 --queries 500 --k 50 \
+		--kmeans-size 3000x64 --kmeans-k 10 --kmeans-components 10 --linear-size 3000x64 \
+		--linear-test 500 --paper-epochs 3 --out $(BENCH_SMOKE_OUT)/eval_throughput.jsonl
+	$(PY) -m benchmarks.summarize --results $(BENCH_SMOKE_OUT)
+
+# The peer library's own venv (lightly pulls pytorch_lightning & co.; kept out of .venv).
+peer-venv: $(PEER_VENV)/.stamp-peer
+
+$(PEER_VENV)/.stamp-peer:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 lightly
+	$(PEER_VENV)/bin/python -c "import lightly"
+	touch $@
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache $(BENCH_SMOKE_OUT)
