@@ -44,18 +44,19 @@ Modes (each measurement is one images/s figure):
   ray2     the same with 2 workers of 1 CPU each (the batch split between them, DDP over gloo).
 
 Measurement of plain / ray1 / ray2 (includes Ray's per-epoch costs, excludes one-time start-up):
-run `--epochs` E epochs of `--steps` N steps. A wall-clock timestamp is taken at the end of every
-epoch: in the plain loop by fit's `on_epoch_end` callback (in process); under Ray by a
-`ray.train.UserCallback` whose `after_report` runs on the Train controller once every worker has
-reported (so the worker's checkpoint save, upload and report are inside the interval; the
-controller polls every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 0.1 s here, at most 0.1 s of jitter per
-stamp). images/s = (E - 1) x N x batch / (stamp_E - stamp_1 - eval_E): epoch 1 (start-up, worker
+run `--epochs` E epochs of `--steps` N steps. The stamp of each epoch is the worker's own
+`train/elapsed_s` metric (seconds since it entered `fit`, taken after the epoch's training and
+evaluation, before its report and checkpoint), so the checkpoint save, upload and report of
+epochs 1..E-1 are inside the window and the stamps do not depend on when the Train controller
+polled (in the plain loop the metrics come from fit's `on_epoch_end`; under Ray from a
+`ray.train.UserCallback` on the controller that writes every report's metrics to a file).
+images/s = (E - 1) x N x batch / (stamp_E - stamp_1 - eval_E): epoch 1 (start-up, worker
 start, first-step allocations) is outside the window. eval_E is the final kNN evaluation that
 `fit` always runs after the last epoch on rank 0 (cheap here: `at_init: false`,
 `every_n_epochs: 0`, no linear probe, no transfer, 64 test images); it is taken out of the window
 as (wall_s_E - wall_s_{E-1} - epoch_s_E) - (wall_s_{E-1} - wall_s_{E-2} - epoch_s_{E-1}), from
 the run's own per-epoch `wall_s` (train + eval) and `train/epoch_s` (train only) metrics. The last
-epoch's one-time `final.pt` write (Ray modes) stays inside: it is a cost every Ray run pays.
+epoch's report, checkpoint and one-time `final.pt` write are outside the window (once per run).
 `images_per_s_mid` is the same over epochs 2..E-1 only (E >= 3), untouched by the last epoch;
 `worker_images_per_s` is the loop's own in-worker figure (training only, no report/checkpoint).
 
@@ -67,8 +68,9 @@ torch.set_num_threads(its assigned CPUs) and records what torch had chosen by it
 (`worker_threads` in the output); `--no-pin-threads` leaves it to Ray. Ray is started once,
 `ray.init(num_cpus=max(2, threads), include_dashboard=False)`, before the first measurement when
 any Ray mode is asked for (so compute and plain run beside the same idle Ray daemons as ray1 and
-ray2), with the fast Train settings of the test suite (tests/conftest.py FAST_RAY_ENV; a variable
-already set in the environment wins). Seen in smoke runs (Ray 2.60, torch 2.14): the workers get
+ray2), with the Ray settings `sslray run` uses (sslray.cli.run_cmd.RAY_ENV: the Train
+controller polls every 0.5 s) plus quiet start-up settings (FAST_RAY_ENV; a variable already set in
+the environment wins). Seen in smoke runs (Ray 2.60, torch 2.14): the workers get
 OMP_NUM_THREADS 2 (ray1) and 1 (ray2) and torch already uses that many, so the pin changes nothing.
 
 Contention: the machine's busy cores are sampled for 1 s before each measurement
@@ -114,8 +116,9 @@ BENCH = "train_throughput"
 
 # Fast, quiet Ray Train settings, as tests/conftest.py FAST_RAY_ENV (../shared/notes/ray-2.60.md
 # section 6). The Train controller polls the workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S.
+# The health-check interval is left to sslray's own setting (sslray.cli.run_cmd.RAY_ENV), so the
+# figures are those of `sslray run`.
 FAST_RAY_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
@@ -196,7 +199,13 @@ def build_config(method: str, mode: str, *, batch: int, steps: int, epochs: int,
 # ------------------------------------------------------------------------------- measurement
 def epoch_window(stamps: list[float], metrics: list[dict[str, float]], images_per_epoch: int
                  ) -> dict[str, Any]:
-    """images/s over epochs 2..E from end-of-epoch stamps, less the final evaluation."""
+    """images/s over epochs 2..E from end-of-epoch stamps, less the final evaluation.
+
+    The stamps are the worker's own `train/elapsed_s` at each epoch end (after its evaluation,
+    before its report and checkpoint) when the metrics carry it, so they do not depend on when
+    the Train controller polled; `stamps` (wall-clock at the callback) is the fallback."""
+    if metrics and all("train/elapsed_s" in m for m in metrics):
+        stamps = [float(m["train/elapsed_s"]) for m in metrics]
     e = len(stamps)
     if e < 2 or len(metrics) != e:
         raise RuntimeError(f"expected one stamp and one metrics dict per epoch, got {e} stamps "
@@ -370,7 +379,9 @@ def start_ray(cpus: int) -> None:
 
     if ray.is_initialized():
         return
-    for key, value in FAST_RAY_ENV.items():
+    from sslray.cli.run_cmd import RAY_ENV
+
+    for key, value in {**RAY_ENV, **FAST_RAY_ENV}.items():
         os.environ.setdefault(key, value)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, object_store_memory=256 * 1024**2)

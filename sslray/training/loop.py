@@ -301,6 +301,7 @@ def fit(
     fault-injection tests kill a worker there). train/* metrics are averaged over workers; rank 0
     alone evaluates, so eval/* metrics exist on rank 0 only (the one whose reports Ray Train keeps).
     """
+    started = time.perf_counter()
     rank, world = dist.rank(), dist.world_size()
     if cfg.train.batch_size % world:
         raise ValueError(
@@ -370,6 +371,9 @@ def fit(
         per_worker = res.gpus_per_worker if device.type == "cuda" else res.cpus_per_worker
         trainer.extra["device_hours"] = trainer.extra["wall_s"] * world * per_worker / 3600
         metrics.update(trainer.extra)
+        # Seconds since this process entered fit() (restarts with a restarted worker): the
+        # difference between two epochs includes the reporting and checkpointing between them.
+        metrics["train/elapsed_s"] = time.perf_counter() - started
         progress.end_epoch(metrics)
         if on_epoch_end is not None:
             on_epoch_end(metrics, trainer)
