@@ -84,13 +84,16 @@ def test_epoch_window_takes_out_start_up_and_the_final_evaluation() -> None:
 
 def test_peer_compare_skips_cleanly_without_the_peer_venv(tmp_path: Path) -> None:
     out = tmp_path / "peer.jsonl"
-    records = peer_compare.main(["--peer-python", str(tmp_path / "no-python"), "--out", str(out)])
+    script = tmp_path / "peer_baseline.py"  # present, so the missing python is what is reported
+    script.write_text("raise SystemExit('must not run')\n")
+    args = ["--peer-python", str(tmp_path / "no-python"), "--peer-script", str(script)]
+    records = peer_compare.main([*args, "--out", str(out)])
     assert records == []
     (line,) = _jsonl(out)
     assert line["bench"] == "peer_compare" and "no-python" in line["skipped"]
     proc = subprocess.run(  # as a command: exit status 0, one JSON line on stdout
-        [sys.executable, "-m", "benchmarks.peer_compare", "--peer-python",
-         str(tmp_path / "no-python")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "benchmarks.peer_compare", *args], cwd=ROOT,
+        capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "skipped" in json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -84,9 +84,14 @@ RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_USAGE_STATS_ENABLED"
 def local_capacity() -> tuple[float, float]:
     """(CPUs, GPUs) a local Ray started here would have: Ray's own CPU count (cgroup-aware)."""
     import torch
-    from ray._private.utils import get_num_cpus
-
-    return float(get_num_cpus()), float(torch.cuda.device_count())
+    try:
+        from ray._private.utils import get_num_cpus  # what ray.init() itself would detect
+    except ImportError:  # a private helper: fall back to the CPUs this process may use
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else os.cpu_count() or 1)
+    else:
+        cpus = float(get_num_cpus())
+    return cpus, float(torch.cuda.device_count())
 
 
 def check_fits_locally(address: str | None, cpus: float, gpus: float, what: str,
