@@ -466,12 +466,13 @@ def measure(method: str, mode: str, args: argparse.Namespace, repeat: int = 0
 
 def ratios(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per method: ray1/plain, ray2/plain, plain/compute, ray1/compute (median over repeats)."""
-    by: dict[tuple[str, int], dict[str, float]] = {}
-    for r in records:
-        by.setdefault((r["method"], r["repeat"]), {})[r["mode"]] = r["images_per_s"]
+    by: dict[tuple[str, str, int], dict[str, float]] = {}
+    for r in records:  # a repeat is one run of the script: its file (when summarising) and index
+        key = (r["method"], r.get("_file", ""), r["repeat"])
+        by.setdefault(key, {})[r["mode"]] = r["images_per_s"]
     pairs = (("ray1", "plain"), ("ray2", "plain"), ("plain", "compute"), ("ray1", "compute"))
     collected: dict[str, dict[str, list[float]]] = {}
-    for (method, _), modes in by.items():
+    for (method, _, _), modes in by.items():
         for a, b in pairs:
             if a in modes and b in modes and modes[b] > 0:
                 collected.setdefault(method, {}).setdefault(f"{a}/{b}", []).append(
