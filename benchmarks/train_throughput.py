@@ -69,7 +69,7 @@ torch.set_num_threads(its assigned CPUs) and records what torch had chosen by it
 `ray.init(num_cpus=max(2, threads), include_dashboard=False)`, before the first measurement when
 any Ray mode is asked for (so compute and plain run beside the same idle Ray daemons as ray1 and
 ray2), with the Ray settings `sslray run` uses (sslray.cli.run_cmd.RAY_ENV: the Train
-controller polls every 0.5 s) plus quiet start-up settings (FAST_RAY_ENV; a variable already set in
+controller polls every 0.5 s) plus quiet start-up settings (QUIET_RAY_ENV; a variable already set in
 the environment wins). Seen in smoke runs (Ray 2.60, torch 2.14): the workers get
 OMP_NUM_THREADS 2 (ray1) and 1 (ray2) and torch already uses that many, so the pin changes nothing.
 
@@ -113,20 +113,6 @@ from benchmarks.provenance import (  # noqa: E402
 METHODS = ("moco_asym", "moco_sym", "byol", "jigsaw_pp")
 MODES = ("compute", "plain", "ray1", "ray2")
 BENCH = "train_throughput"
-
-# Fast, quiet Ray Train settings, as tests/conftest.py FAST_RAY_ENV (../shared/notes/ray-2.60.md
-# section 6). The Train controller polls the workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S.
-# The health-check interval is left to sslray's own setting (sslray.cli.run_cmd.RAY_ENV), so the
-# figures are those of `sslray run`.
-FAST_RAY_ENV = {
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-}
 
 MIN_SYNTHETIC = 20  # DataConfig.synthetic_size >= 20
 
@@ -379,9 +365,10 @@ def start_ray(cpus: int) -> None:
 
     if ray.is_initialized():
         return
-    from sslray.cli.run_cmd import RAY_ENV
+    from sslray.cli.run_cmd import QUIET_RAY_ENV, RAY_ENV
 
-    for key, value in {**RAY_ENV, **FAST_RAY_ENV}.items():
+    # The figures are those of `sslray run` (its RAY_ENV), started quietly.
+    for key, value in {**RAY_ENV, **QUIET_RAY_ENV}.items():
         os.environ.setdefault(key, value)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, object_store_memory=256 * 1024**2)

@@ -7,20 +7,12 @@ from typing import Any
 
 import pytest
 
+from sslray.cli.run_cmd import QUIET_RAY_ENV
 from sslray.config import RunConfig, validate_raw
 
-# Fast, quiet Ray Train settings (../shared/notes/ray-2.60.md section 6). Set before Ray starts;
-# the driver propagates RAY_TRAIN_* variables to the controller and the workers.
-FAST_RAY_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-}
+# Fast, quiet Ray Train settings: sslray's quiet start-up plus a 0.1 s controller poll, so the
+# tiny test runs' sub-second epochs never wait for a poll.
+FAST_RAY_ENV = {**QUIET_RAY_ENV, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 
 def tiny_raw(**sections: Any) -> dict[str, Any]:

@@ -80,6 +80,19 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool
 # 1-worker images/s within noise.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_USAGE_STATS_ENABLED": "0"}
 
+# Quiet, quick start-up for short-lived local Rays (the test suite, the benchmarks; set before Ray
+# starts, the driver passes RAY_TRAIN_* variables on to the controller and the workers). See
+# ../shared/notes/ray-2.60.md section 6.
+QUIET_RAY_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+}
+
 
 def local_capacity() -> tuple[float, float]:
     """(CPUs, GPUs) a local Ray started here would have: Ray's own CPU count (cgroup-aware)."""
