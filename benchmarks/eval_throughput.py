@@ -29,6 +29,11 @@ Parts (each prints one JSON line per size):
           the frozen network every epoch; on cached features there is nothing to augment, so
           this times its optimisation only (a lower bound of its cost). Reported: seconds and
           top-1 / top-5 of both.
+  gemm    the machine's own ceiling, measured in the same run: torch.mm GFLOP/s of a
+          (2000 x D) @ (D x N) product in fp32 (and bf16), best of 3. The kNN and k-means lines
+          then carry `floor_s`, the time their dense similarity products alone (2 N Q D and
+          2 rows k D iters FLOPs) take at that rate, and `max_speedup` = sklearn_s / floor_s:
+          the most any exact fp32 implementation could beat scikit-learn by on this CPU.
 Each part first runs both sides once on a few hundred rows, untimed (thread pools, first calls).
 
 Threads: --threads for torch, faiss (OpenMP) and scikit-learn (threadpoolctl limits for BLAS and
@@ -62,7 +67,7 @@ from benchmarks.provenance import (  # noqa: E402
 )
 
 BENCH = "eval_throughput"
-PARTS = ("knn", "kmeans", "linear")
+PARTS = ("gemm", "knn", "kmeans", "linear")
 LATENT = 32
 
 
@@ -96,6 +101,40 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- kNN
+def gemm_gflops(rows: int, n: int, dim: int, dtype: Any, repeats: int = 3) -> float:
+    """Best-of-`repeats` GFLOP/s of torch.mm((rows x dim), (dim x n)) on this machine."""
+    import torch
+
+    a, b = torch.randn(rows, dim).to(dtype), torch.randn(n, dim).to(dtype)
+    torch.mm(a[:64], b[:1024].T)  # untimed first call
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b.T)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * rows * n * dim / best / 1e9
+
+
+def bench_gemm(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    fp32 = gemm_gflops(2000, n, dim, torch.float32)
+    args.gemm_fp32_gflops = fp32  # the kNN and k-means floors below use it
+    return {"part": "gemm", "rows": 2000, "n": n, "dim": dim,
+            "fp32_gflops_per_s": round(fp32, 1),
+            "bf16_gflops_per_s": round(gemm_gflops(2000, n, dim, torch.bfloat16), 1)}
+
+
+def floor_fields(flop: float, sklearn_s: float, args: argparse.Namespace) -> dict[str, Any]:
+    """The fp32 GEMM floor of `flop` FLOPs, from this run's `gemm` part (absent without it)."""
+    peak = getattr(args, "gemm_fp32_gflops", None)
+    if not peak:
+        return {}
+    floor_s = flop / (peak * 1e9)
+    return {"gflop": round(flop / 1e9, 1), "floor_s": round(floor_s, 3),
+            "max_speedup": round(sklearn_s / floor_s, 3)}
+
+
 def bench_knn(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from sklearn.neighbors import KNeighborsClassifier
@@ -142,6 +181,7 @@ def bench_knn(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
         "neighbour_overlap": round(overlap, 5), "overlap_queries": m,
         "ours_top1": round(float((ours == test_y).mean()), 5),
         "sklearn_top1": round(float((theirs == test_y).mean()), 5),
+        **floor_fields(2.0 * n * args.queries * dim, sk_s, args),
     }
 
 
@@ -204,6 +244,10 @@ def bench_kmeans(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
         "nmi_ours_vs_truth": round(nmi(lab_ours, truth), 5),
         "nmi_sklearn_vs_truth": round(nmi(lab_sk, truth), 5),
         "ours_empty_clusters": ours.empty_clusters,
+        # ours clusters its 256 x k subsample: its floor is that many rows' products
+        **floor_fields(2.0 * min(n, 256 * k) * k * dim * iters, sk_s, args),
+        **{f"{key}_all_rows": v for key, v in
+           floor_fields(2.0 * n * k * dim * iters, sk_s, args).items()},
     }
 
 
@@ -252,7 +296,8 @@ def bench_linear(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: knn,kmeans,linear")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help="comma-separated: gemm,knn,kmeans,linear")
     p.add_argument("--knn-sizes", default="60000x512,10000x128",
                    help="comma-separated N x D training sets for kNN")
     p.add_argument("--queries", type=int, default=10000)
@@ -293,6 +338,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     jobs: list[tuple[str, Any, tuple[int, int]]] = []
+    if "gemm" in args.parts and args.knn_sizes:
+        jobs.append(("gemm", bench_gemm, args.knn_sizes[0]))
     if "knn" in args.parts:
         jobs += [("knn", bench_knn, size) for size in args.knn_sizes]
     if "kmeans" in args.parts:

@@ -107,15 +107,23 @@ def test_eval_throughput_lines_and_agreement(tmp_path: Path) -> None:
         "--linear-size", "600x16", "--linear-test", "100", "--paper-epochs", "1",
         "--out", str(out)])
     lines = {r["part"]: r for r in _jsonl(out)}
-    assert set(lines) == {"knn", "kmeans", "linear"}
+    assert set(lines) == {"gemm", "knn", "kmeans", "linear"}
     for r in lines.values():
         assert COMMON_KEYS <= r.keys() and r["bench"] == "eval_throughput"
     knn = lines["knn"]
     assert {"ours_s", "sklearn_s", "speedup", "top1_agreement", "neighbour_overlap"} <= knn.keys()
     assert knn["top1_agreement"] >= 0.95 and knn["neighbour_overlap"] >= 0.95  # same classifier
+    # the floor is the similarity product (2 N Q D FLOPs) at the measured GEMM rate
+    peak = lines["gemm"]["fp32_gflops_per_s"]
+    assert peak > 0 and lines["gemm"]["bf16_gflops_per_s"] > 0
+    floor = 2 * 600 * 100 * 16 / (peak * 1e9)
+    assert knn["floor_s"] == pytest.approx(floor, abs=1e-3)
+    # (sklearn_s is rounded to 1 ms in the line)
+    assert knn["max_speedup"] * floor == pytest.approx(knn["sklearn_s"], abs=6e-4)
     km = lines["kmeans"]
     assert {"objective_ratio", "nmi_ours_vs_sklearn", "sklearn_iters"} <= km.keys()
     assert 0.0 <= km["nmi_ours_vs_sklearn"] <= 1.0
+    assert km["gflop_all_rows"] == pytest.approx(2 * 600 * 5 * 16 * 20 / 1e9, abs=0.05)
     lin = lines["linear"]
     assert {"fast_s", "paper_s", "fast_top1", "paper_top1"} <= lin.keys()
 
@@ -133,7 +141,9 @@ def test_summarize_judges_the_targets(tmp_path: Path) -> None:
     evals = [{"bench": "eval_throughput", "part": "knn", "train": 60000, "dim": 512,
               "queries": 10000, "k": 200, "ours_s": 1.0, "sklearn_s": 5.0, "speedup": 5.0,
               "top1_agreement": 1.0, "neighbour_overlap": 1.0, "ours_top1": 0.8,
-              "sklearn_top1": 0.8}]
+              "sklearn_top1": 0.8, "floor_s": 2.0, "max_speedup": 2.5},
+             {"bench": "eval_throughput", "part": "gemm", "rows": 2000, "n": 60000, "dim": 512,
+              "fp32_gflops_per_s": 150.0, "bf16_gflops_per_s": 330.0}]
     results = tmp_path / "results"
     results.mkdir()
     for name, recs in (("train", train), ("peer", peer), ("eval", evals)):
@@ -147,4 +157,6 @@ def test_summarize_judges_the_targets(tmp_path: Path) -> None:
     assert "not measured" in rows["ours (ray1) >= 1.15x lightly (fp32): moco_sym"]
     assert not any("bf16" in key for key in rows)  # a bf16 reading is shown only when measured
     assert "**not reached**" in rows["kNN (faiss) >= 10x scikit-learn at 60k x 512"]
+    assert "fp32 GEMM ceiling here: 2.500" in rows["kNN (faiss) >= 10x scikit-learn at 60k x 512"]
+    assert "150.000 GFLOP/s fp32" in text
     assert "test cpu" in text and "python -m bench" in text
