@@ -1,7 +1,8 @@
 """sslray's analysis package: finished sweep directories -> DataFrame -> paper tables and figures.
 
-Deliberately free of torch and Ray (and of `sslray` itself, which imports torch): tables build on
-a laptop from a synced copy of the results, with only pandas, numpy, PyYAML and matplotlib.
+Deliberately free of torch and Ray (of `sslray` it imports only `sslray.strict` and
+`sslray.atomic_file`, which need nothing but the standard library, PyYAML and pydantic): tables
+build on a laptop from a synced copy of the results, with pandas, numpy and matplotlib.
 
     from analysis import load_sweep, load_sweep_meta, load_spec, build_table, render_markdown
     df = load_sweep("results/moco_momentum")

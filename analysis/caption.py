@@ -1,10 +1,11 @@
 """The automatic caption: what a reader needs to trust (or distrust) a number.
 
 Users of SSL code bases mostly ask "which protocol produced this?" (online vs. offline linear
-probe, kNN settings, epochs; notes/peers.md section 4), so every table states its evaluation
-protocol, pre-training budget, data, backbone, where the numbers came from (sweep, git revision,
-library versions) and how many trials finished, stopped or failed. A protocol value that differs
-between the aggregated trials is listed as a set, never hidden behind the first trial's value.
+probe, kNN settings, epochs; docs/papers.md#evaluation-protocols), so every table states its
+evaluation protocol, pre-training budget, data, backbone, where the numbers came from (sweep, git
+revision, library versions) and how many trials finished, stopped or failed. A protocol value that
+differs between the aggregated trials is listed as a set, never hidden behind the first trial's
+value.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ stderr and exit code 2, before anything is written. `sslray table` reuses `add_a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from analysis.load import SweepDirError, load_sweep, load_sweep_meta
 from analysis.render import RENDERERS
 from analysis.spec import SpecError, list_specs, load_spec
 from analysis.table import TableError, build_table
+from sslray.atomic_file import atomic_write
 
 __all__ = ["EXIT_BAD_INPUT", "add_arguments", "build_parser", "main", "run"]
 
@@ -67,14 +67,6 @@ def build_parser(prog: str = "python -m analysis") -> argparse.ArgumentParser:
     return parser
 
 
-def _write(path: Path, text: str) -> None:
-    """Write via a temporary name + rename: an interrupted run never leaves half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed command line; returns the exit code (2 for bad input)."""
     try:
@@ -86,10 +78,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"analysis: warning: {w.message}", file=sys.stderr)
         spec_name = args.spec or meta.get("table")
         if not spec_name:
-            raise SpecError(
-                f"{args.sweep_dir}/sweep.json names no 'table'; pass --spec NAME|PATH "
-                f"(shipped specs: {', '.join(list_specs())})"
-            )
+            raise SpecError("", [f"{args.sweep_dir}/sweep.json names no 'table'; pass --spec "
+                                 f"NAME|PATH (shipped specs: {', '.join(list_specs())})"])
         spec = load_spec(spec_name)
         table = build_table(df, spec, meta)
         # Render everything before writing anything: a failure leaves old outputs untouched.
@@ -106,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         written = []
         for fmt, text in texts.items():
             path = out / "tables" / f"{spec.name}.{fmt}"
-            _write(path, text)
+            atomic_write(path, text.encode())  # an interrupted run never leaves half a table
             written.append(path)
         written += save_figure(table, out / "figures")
     except OSError as exc:

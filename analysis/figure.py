@@ -7,7 +7,7 @@ here, lazily and with the Agg backend, so `import analysis` stays light and work
 
 from __future__ import annotations
 
-import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.table import Table, init_groups
 from analysis.values import fmt_value, lookup, norm_value
+from sslray.atomic_file import atomic_write
 
 __all__ = ["save_figure"]
 
@@ -120,11 +121,9 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
     written = []
     for fmt in FORMATS:
         path = out / f"{spec.name}.{fmt}"
-        tmp = path.with_name(path.name + ".tmp")
         # No timestamps in the files: the same sweep gives byte-identical figures.
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-        fig.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
-        os.replace(tmp, path)
+        atomic_write(path, partial(fig.savefig, format=fmt, dpi=150, metadata=metadata))
         written.append(path)
     plt.close(fig)
     return written

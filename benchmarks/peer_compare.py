@@ -1,14 +1,14 @@
 """Our training speed against lightly's (the peer baseline), back to back on the same machine.
 
-The peer is ../shared/bench/peer_baseline.py (lightly's own CIFAR-10 recipe for MoCo v2 and
-BYOL, see ../shared/notes/peer-speed.md), run in its own virtual environment (`make peer-venv`:
-.peer-venv with torch 2.14.1, torchvision 0.29.1 and lightly). Ours is `ray1` of
+The peer is ../shared/bench/peer_baseline.py (lightly's own CIFAR-10 recipe for MoCo v2 and BYOL;
+its figures: benchmarks/results/MEASUREMENTS.md#peer-baseline), run in its own virtual environment
+(`make peer-venv`: .peer-venv with torch 2.14.1, torchvision 0.29.1 and lightly). Ours is `ray1` of
 benchmarks/train_throughput.py: `run_training` with one Ray Train worker of --threads CPUs,
 images/s over epochs 2..E including the per-epoch report and checkpoint (see that script's
-docstring). For each pair and method, the two runs follow each other (the peer first in even
-pairs, ours first in odd ones, so a slow drift of the machine does not favour one side), and the
-pair's ratio ours/peer is printed. When the peer's python or `import lightly` is missing, one
-JSON line {"skipped": reason} is printed and the exit status is 0.
+docstring). For each pair and method, the two runs follow each other (the peer first in even pairs,
+ours first in odd ones, so a slow drift of the machine does not favour one side), and the pair's
+ratio ours/peer is printed. When the peer's python or `import lightly` is missing, one JSON line
+{"skipped": reason} is printed and the exit status is 0.
 
 Same workload on both sides: ResNet-18 with the small-image stem (torchvision resnet18, 3x3
 stride-1 conv1, no max-pool), 32x32 images, batch 128, 2 torch threads, fp32, SGD lr 0.06

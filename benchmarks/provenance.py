@@ -11,11 +11,12 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
+
+from sslray.provenance import git_revision, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,38 +39,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def git_rev() -> str:
-    """Short commit of the repository, with `-dirty` when the work tree has uncommitted changes."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, text=True, capture_output=True, timeout=10).stdout
-        return rev + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def versions(*names: str) -> dict[str, str]:
-    """`__version__` of the named packages that are importable (others are left out)."""
-    out = {}
-    for name in names:
-        try:
-            module = __import__(name)
-        except ImportError:
-            continue
-        out[name] = str(getattr(module, "__version__", "?"))
-    return out
-
-
 def provenance(*packages: str) -> dict[str, Any]:
     """The fields every benchmark line carries."""
     return {
-        "git_rev": git_rev(),
+        "git_rev": git_revision(ROOT, timeout=10),
         "cpu": cpu_model(),
         "cores": usable_cores(),
         "python": platform.python_version(),
-        **versions("torch", *packages),
+        **versions(("torch", *packages)),
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 

@@ -68,7 +68,7 @@ torch.set_num_threads(its assigned CPUs) and records what torch had chosen by it
 (`worker_threads` in the output); `--no-pin-threads` leaves it to Ray. Ray is started once,
 `ray.init(num_cpus=max(2, threads), include_dashboard=False)`, before the first measurement when
 any Ray mode is asked for (so compute and plain run beside the same idle Ray daemons as ray1 and
-ray2), with the Ray settings `sslray run` uses (sslray.cli.run_cmd.RAY_ENV: the Train
+ray2), with the Ray settings `sslray run` uses (sslray.cli.ray_setup.RAY_ENV: the Train
 controller polls every 0.5 s) plus quiet start-up settings (QUIET_RAY_ENV; a variable already set in
 the environment wins). Seen in smoke runs (Ray 2.60, torch 2.14): the workers get
 OMP_NUM_THREADS 2 (ray1) and 1 (ray2) and torch already uses that many, so the pin changes nothing.
@@ -279,7 +279,7 @@ def measure_compute(method: str, cfg: Any, steps: int, warmup: int, threads: int
 
     torch.set_num_threads(threads)
     trainer = Trainer(cfg, steps_per_epoch=1)
-    trainer.method.train()
+    trainer.module.train()
     step = _compute_step(method, trainer, cfg.train.batch_size, cfg.data.image_size)
     for _ in range(warmup):
         step()
@@ -365,7 +365,7 @@ def start_ray(cpus: int) -> None:
 
     if ray.is_initialized():
         return
-    from sslray.cli.run_cmd import QUIET_RAY_ENV, RAY_ENV
+    from sslray.cli.ray_setup import QUIET_RAY_ENV, RAY_ENV
 
     # The figures are those of `sslray run` (its RAY_ENV), started quietly.
     for key, value in {**RAY_ENV, **QUIET_RAY_ENV}.items():

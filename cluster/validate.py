@@ -6,8 +6,8 @@
 `ray up` runs `prepare_config` (merge the provider's defaults.yaml), asks the cloud for instance
 resources, runs `validate_config` (Ray's JSON schema plus a few cross-field checks) and only then
 talks to the cloud. The first and third steps need no credentials, so they run here
-(notes/ray-2.60.md section 5). The fake multi-node provider ships no defaults.yaml in the wheel;
-its monitor runs `validate_config` alone on the full config, so that is what it gets here.
+(docs/ray.md#offline-yaml-validation). The fake multi-node provider ships no defaults.yaml in the
+wheel; its monitor runs `validate_config` alone on the full config, so that is what it gets here.
 
 Ray does not check what this project relies on, so this module does:
 - per node type `min_workers <= max_workers` (Ray checks only the sum against `max_workers`);

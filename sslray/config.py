@@ -8,14 +8,11 @@ effective learning rate) are properties that the run logs.
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from sslray.config_types import (
     AugmentConfig,
@@ -24,7 +21,10 @@ from sslray.config_types import (
     DatasetName,
     StrictModel,
 )
+from sslray.data.catalog import dataset_info
 from sslray.methods import METHOD_CONFIGS, MethodConfig
+from sslray.methods.moco import MoCoConfig
+from sslray.strict import ConfigError, apply_overrides, read_yaml, set_path, validate
 
 __all__ = [
     "AugmentConfig",
@@ -39,7 +39,10 @@ __all__ = [
     "apply_overrides",
     "builtin_configs",
     "load_config",
+    "read_yaml",
     "resolve_config_path",
+    "set_path",
+    "validate_raw",
 ]
 
 class OptimConfig(StrictModel):
@@ -56,8 +59,8 @@ class OptimConfig(StrictModel):
     # every parameter's update into a few torch._foreach_* kernels (torch's own default on GPUs;
     # fewer launches and Python steps), "loop" steps one parameter at a time (the reference),
     # "fused" is torch's single-kernel SGD (CPU and CUDA; LARS has none; 1 ulp from the loop).
-    # Measured on this CPU, ResNet-18, 1 thread: SGD loop 16 ms, foreach 16 ms, fused 6.5 ms per
-    # step; LARS loop 33 ms, foreach 29 ms. Default foreach: the reference's numbers to the bit.
+    # Default foreach: the reference's numbers to the bit, and no slower than the loop; speeds in
+    # benchmarks/results/MEASUREMENTS.md#optimizer-impl.
     impl: Literal["foreach", "loop", "fused"] = "foreach"
 
     @model_validator(mode="after")
@@ -70,15 +73,18 @@ class OptimConfig(StrictModel):
 class TrainConfig(StrictModel):
     epochs: int = Field(default=200, ge=1)  # MoCo v1/v2 headline: 200 epochs
     batch_size: int = Field(default=256, ge=2)  # global batch over all workers; MoCo: 256
-    # bf16 autocast for the networks (losses stay fp32): 2x on CPUs with AVX-512 BF16 and on
-    # GPUs; "auto" picks bf16 only where the hardware has it (emulated bf16 is slower than fp32).
+    # bf16 autocast for the networks (losses stay fp32): faster on CPUs with AVX-512 BF16 and on
+    # GPUs (benchmarks/results/MEASUREMENTS.md#train-precision); "auto" picks bf16 only
+    # where the hardware has it (emulated bf16 is slower than fp32).
     # Default fp32 so results match fp32 references exactly.
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
-    channels_last: bool = True  # NHWC convolutions: 1.4x on this CPU (oneDNN), also faster on GPU
+    # Speed-up on this CPU: benchmarks/results/MEASUREMENTS.md#channels-last.
+    channels_last: bool = True  # NHWC convolutions: faster on CPU (oneDNN), also on GPU
     # torch.compile every backbone (online and momentum copies) in place (`nn.Module.compile`, so
     # state_dict keys and checkpoints are unchanged); meant for long GPU runs (not measured here:
-    # no GPU). Off by default: the first train and eval calls pay the compile (18 s for a tiny
-    # MoCo on this 2-core CPU; CPU needs a C++ compiler), and it gains nothing on small CPU models.
+    # no GPU). Off by default: the first train and eval calls pay the compile (CPU needs a C++
+    # compiler; cost in benchmarks/results/MEASUREMENTS.md#compile), and it gains nothing on
+    # small CPU models.
     # Numbers differ from eager by float rounding (1e-7 relative on the loss; test_fast_paths.py).
     compile: bool = False
 
@@ -90,7 +96,7 @@ class EvalConfig(StrictModel):
     at_init: bool = True  # also evaluate the random-init backbone (the baseline every table needs)
     # Also the same probes on raw pixels (normalised as the network sees them; suffix _pixels):
     # the baseline a small-image SSL result must beat (chosen: Fashion-MNIST kNN on pixels is
-    # strong, 0.78 on the 10k subset).
+    # strong; benchmarks/results/MEASUREMENTS.md#eval-pixels).
     pixels: bool = False
     linear_fast: bool = True  # the fast linear probe on the same cached features
     # MoCo's linear protocol through the frozen network at the end of the run (main_lincls.py:
@@ -102,20 +108,6 @@ class EvalConfig(StrictModel):
     # to the pre-training image size (metrics transfer/<dataset>/...). Chosen: digits, bundled
     # with scikit-learn, is the offline second dataset for Fashion-MNIST runs.
     transfer: tuple[DatasetName, ...] = ()
-
-
-# Training-split sizes of the in-memory datasets (the official splits; digits: sslray's
-# stratified 80 % of scikit-learn's 1,797). Image folders and STL-10 are counted when loaded.
-TRAIN_SPLIT_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000,
-                     "cifar100": 50_000, "digits": 1_437}
-
-
-def train_split_size(data: DataConfig) -> int | None:
-    """Images in the training split a run uses, when known without loading it."""
-    n = data.synthetic_size if data.dataset == "synthetic" else TRAIN_SPLIT_SIZES.get(data.dataset)
-    if n is not None and data.train_subset is not None:
-        n = min(n, data.train_subset)
-    return n
 
 
 class ResourcesConfig(StrictModel):
@@ -134,7 +126,7 @@ class RunConfig(StrictModel):
     seed: int = 0
     data: DataConfig = DataConfig()
     backbone: BackboneConfig = BackboneConfig()
-    method: MethodConfig = Field(default_factory=lambda: METHOD_CONFIGS["moco"]())
+    method: MethodConfig = Field(default_factory=MoCoConfig)  # chosen: MoCo, the headline method
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -149,24 +141,12 @@ class RunConfig(StrictModel):
                 f"resources.workers ({workers}): each worker takes an equal share"
             )
         for name in self.eval.transfer:
-            if name in ("imagefolder", "synthetic") or name == self.data.dataset:
+            if not dataset_info(name).transferable or name == self.data.dataset:
                 raise ValueError(
                     f"eval.transfer: {name!r} cannot be a transfer dataset (use another "
                     f"labelled in-memory dataset than data.dataset, e.g. digits or mnist)"
                 )
-        k, n = getattr(self.method, "k", None), train_split_size(self.data)
-        if k is not None and n is not None and k > n:
-            raise ValueError(
-                f"method.k ({k} clusters) is more than the {n} training images k-means would "
-                f"cluster; lower method.k or raise data.train_subset"
-            )
-        queue = getattr(self.method, "queue_size", None)
-        dictionary = getattr(self.method, "dictionary", "queue")
-        if queue is not None and dictionary == "queue" and queue % self.train.batch_size:
-            raise ValueError(
-                f"method.queue_size ({queue}) must be a multiple of train.batch_size "
-                f"({self.train.batch_size}) so the queue holds whole batches (MoCo asserts this)"
-            )
+        self.method.check_run(self)  # the method's own checks against the run around it
         return self
 
     @property
@@ -195,134 +175,16 @@ class RunConfig(StrictModel):
         raw["eval"].update(knn_k=min(self.eval.knn_k, 20), every_n_epochs=0)
         if self.backbone.arch != "small_resnet":
             raw["backbone"].update(arch="small_resnet", width=8, blocks=(1, 1), small_stem=True)
-        if "queue_size" in raw["method"]:
-            raw["method"]["queue_size"] = batch * 4
-        if "source" in raw["method"]:  # cc: the source run is shrunk too, and k fits 256 images
-            raw["method"].update(source_smoke=True, k=min(raw["method"]["k"], 16))
-        if "bn_splits" in raw["method"]:
-            raw["method"]["bn_splits"] = min(raw["method"]["bn_splits"], 2)
+        raw["method"] = self.method.smoke(batch).model_dump()
         return RunConfig.model_validate(raw)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; `problems` lists 'dotted.path: what is wrong' lines."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid config {source}:\n{lines}")
-
-
-def _model_at(path: tuple[Any, ...], raw: dict[str, Any]) -> type[StrictModel] | None:
-    """The config class found at a dotted path (for 'did you mean' hints)."""
-    model: type[StrictModel] | None = RunConfig
-    node: Any = raw
-    for part in path:
-        if model is None:
-            return None
-        if part == "method" and model is RunConfig:
-            name = node.get("method", {}).get("name", "moco") if isinstance(node, dict) else "moco"
-            model = METHOD_CONFIGS.get(name)
-            node = node.get("method", {}) if isinstance(node, dict) else {}
-            continue
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None) if field else None
-        model = ann if isinstance(ann, type) and issubclass(ann, StrictModel) else None
-        node = node.get(part, {}) if isinstance(node, dict) else {}
-    return model
-
-
-def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> list[str]:
-    problems = []
-    for e in err.errors():
-        loc = list(e["loc"])
-        # A discriminated union adds the tag to the location: method.moco.x -> method.x
-        if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_CONFIGS:
-            loc.pop(1)
-        path = ".".join(str(p) for p in loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            parent = _model_at(tuple(loc[:-1]), raw)
-            hint = ""
-            if parent is not None:
-                close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
-                known = ", ".join(sorted(parent.model_fields))
-                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {known})"
-            problems.append(f"{path}: unknown key{hint}")
-        elif e["type"] == "union_tag_invalid" or (
-            path == "method.name" and e["type"] == "literal_error"
-        ):
-            known = ", ".join(sorted(METHOD_CONFIGS))
-            section = raw.get("method")
-            name = section.get("name") if isinstance(section, dict) else None
-            problems.append(f"method.name: unknown method {name!r} (registered: {known})")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            value = e.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            problems.append(f"{path}: {msg}{shown}")
-    return problems
-
-
-class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader that reads `1e-3` as a float (PyYAML's YAML 1.1 rules need `1.0e-3`)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def yaml_load(stream: Any) -> Any:
-    """Safe YAML with floats as users write them (`1e-3`); no Python object construction."""
-    return yaml.load(stream, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def set_path(raw: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
-    """Set `raw[a][b][c] = value` for key `a.b.c`, creating sections; in place."""
-    node = raw
-    parts = key.strip().split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(parts[: i + 1])
-            raise ConfigError(source, [f"{key}: '{where}' is a value, not a section"])
-        node = child
-    node[parts[-1]] = value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=c` overrides to a raw config dict (values parsed as YAML: 3, 0.1, [1, 2])."""
-    out = json.loads(json.dumps(raw))  # deep copy; the input is never mutated
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError("--set", [f"'{item}': expected key=value, e.g. train.epochs=10"])
-        try:
-            value = yaml_load(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            problem = f"{key}: value {text!r} is not valid YAML ({exc})"
-            raise ConfigError("--set", [problem]) from exc
-        set_path(out, key, value)
-    return out
-
-
-def validate_raw(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
-    if not isinstance(raw, dict):
-        raise ConfigError(source, [f"(top level): expected a mapping, got {type(raw).__name__}"])
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(source, format_validation_error(err, raw)) from None
+def validate_raw(raw: Any, source: str = "<dict>") -> RunConfig:
+    """A RunConfig from a raw mapping; ConfigError lists every problem by its dotted key."""
+    return validate(RunConfig, raw, source, registries={"method.name": METHOD_CONFIGS})
 
 
 BUILTIN_DIR = Path(__file__).parent / "configs"
@@ -344,23 +206,6 @@ def resolve_config_path(spec: str) -> Path:
         raise ConfigError(spec, [f"{spec}: is a directory, expected a YAML file"])
     names = ", ".join(builtins)
     raise ConfigError(spec, [f"{spec}: no such file, and not a built-in config ({names})"])
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            raw = yaml_load(f)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(str(path), [f"malformed YAML{where}: {exc}"]) from None
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(str(path), [f"(top level): expected a mapping, got {type(raw).__name__}"])
-    return raw
 
 
 def load_config(spec: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class StrictModel(BaseModel):
-    """Frozen, strict config node: unknown keys are errors, nothing mutates it (house rule 2)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+from sslray.strict import StrictModel  # re-exported: the method configs import it from here
 
 
 def _check_range(name: str, pair: tuple[float, float], lo: float, hi: float) -> None:

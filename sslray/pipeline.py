@@ -17,9 +17,11 @@ Places" split of data is a `data` difference between source and target configs).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,13 @@ import torch
 from sslray.config import (
     ConfigError,
     RunConfig,
-    apply_overrides,
     read_yaml,
     resolve_config_path,
+    set_path,
     validate_raw,
 )
+from sslray.data.catalog import dataset_info, image_spec, train_split_size
+from sslray.methods.cluster_transfer import ClusterTransferConfig, check_pseudo_labels
 from sslray.storage import Location, location
 from sslray.training.checkpoint import load_trained_state
 
@@ -46,12 +50,22 @@ def write_config(cfg: RunConfig, loc: Location) -> None:
                               indent=2, sort_keys=True), "config.json")
 
 
+def is_pipeline(cfg: RunConfig) -> bool:
+    """Whether `cfg` runs the knowledge-transfer pipeline (source -> k-means -> target)."""
+    return isinstance(cfg.method, ClusterTransferConfig)
+
+
+def _cc(cfg: RunConfig) -> ClusterTransferConfig:
+    assert isinstance(cfg.method, ClusterTransferConfig), cfg.method.name
+    return cfg.method
+
+
 def run_any(cfg: RunConfig, loc: Location, *, callbacks: Sequence[Any] = (),
             verbose: bool = True) -> dict[str, float]:
     """Run `cfg` into `loc`: one Train run, or the knowledge-transfer pipeline for `cc`."""
     from sslray.training.worker import run_training
 
-    if cfg.method.name != "cc":
+    if not is_pipeline(cfg):
         write_config(cfg, loc)  # every run directory holds its resolved config
         return run_training(cfg, loc, callbacks=callbacks, verbose=verbose)
     return run_cluster_transfer(cfg, loc, callbacks=callbacks, verbose=verbose)
@@ -62,7 +76,7 @@ def run_any(cfg: RunConfig, loc: Location, *, callbacks: Sequence[Any] = (),
 def source_config(cfg: RunConfig) -> RunConfig:
     """The source run's config: `method.source` (+ `source_set`), with the target's seed and
     resources (one pipeline = one allocation), shrunk when the target is a smoke run."""
-    m: Any = cfg.method
+    m = _cc(cfg)
     if finished_run(m.source) is not None:  # a finished run: its own config, used as it was
         done = location(m.source)
         raw = json.loads(done.read_text("config.json"))["config"]
@@ -72,16 +86,15 @@ def source_config(cfg: RunConfig) -> RunConfig:
     except ConfigError as exc:
         raise ConfigError("method.source", [f"method.source: {p}" for p in exc.problems]) from None
     raw = read_yaml(path)
-    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in m.source_set.items()])
+    for key, value in m.source_set.items():
+        set_path(raw, key, copy.deepcopy(value), source="method.source_set")
     raw.update(seed=cfg.seed, name=f"{cfg.name}-source",
-               resources=json.loads(cfg.resources.model_dump_json()))
+               resources=cfg.resources.model_dump(mode="json"))
     src = validate_raw(raw, source=f"method.source ({path})")
-    if src.method.name == "cc":
+    if is_pipeline(src):
         raise ConfigError("method.source", [f"method.source: {m.source} is itself a cc "
                                             f"pipeline; name a pre-training config"])
     return src.smoke() if m.source_smoke else src
-
-
 def finished_run(source: str) -> Location | None:
     """A finished run directory named by `method.source` (config.json + a checkpoint)."""
     path = Path(source)
@@ -93,7 +106,7 @@ def finished_run(source: str) -> Location | None:
 def run_source(cfg: RunConfig, loc: Location, verbose: bool) -> tuple[RunConfig, Location]:
     from sslray.training.worker import run_training
 
-    m: Any = cfg.method
+    m = _cc(cfg)
     done = finished_run(m.source)
     if done is not None:
         return source_config(cfg), done
@@ -110,29 +123,55 @@ def run_source(cfg: RunConfig, loc: Location, verbose: bool) -> tuple[RunConfig,
 
 # -- stages 2-3: features and k-means ---------------------------------------------------------
 
-def cluster_stage(cfg_json: str, src_json: str, src_uri: str, out_uri: str) -> dict[str, Any]:
-    """Source features over the target's training split -> k-means -> pseudo-labels on storage."""
-    from sslray.data.datasets import dataset_stats, image_size, load_arrays
+@dataclass(frozen=True)
+class Clusters:
+    """The clustering stage's output: one cluster id per training sample, and its summary."""
+
+    labels: np.ndarray  # (N,) int64, row i labels sample i of the target's training split
+    stats: dict[str, Any]  # clusters.json: k, sizes, objective, NMI/purity, source, cost
+
+    def save(self, out: Location) -> None:
+        out.save_npy(self.labels.astype(np.int64), PSEUDO_LABELS)
+        out.write_text(json.dumps(self.stats, indent=2, sort_keys=True), CLUSTERS_JSON)  # last
+
+    @classmethod
+    def load(cls, out: Location, k: int) -> Clusters:
+        """The stage's files (clusters.json is written last: its presence means both are)."""
+        where = out.child(PSEUDO_LABELS).uri
+        labels = check_pseudo_labels(out.load_npy(PSEUDO_LABELS), None, k, where)
+        return cls(labels, dict(json.loads(out.read_text(CLUSTERS_JSON))))
+
+    def report(self) -> dict[str, float]:
+        """Constants for every report of the target run: cluster/nmi, cluster/purity against
+        the true labels, cluster/k, the stage's cost, and the source run's final metrics."""
+        keys = ("nmi", "purity", "k", "wall_s", "device_hours")
+        out = {f"cluster/{k}": float(self.stats[k]) for k in keys if k in self.stats}
+        out.update({f"source/{k}": float(v)
+                    for k, v in self.stats.get("source_metrics", {}).items()})
+        return out
+
+
+def cluster_stage(cfg: RunConfig, src: RunConfig, src_uri: str) -> Clusters:
+    """Source features over the target's training split -> k-means -> pseudo-labels."""
+    from sslray.data.datasets import load_arrays
     from sslray.eval.features import extract_features
     from sslray.eval.kmeans import kmeans, nmi, purity
-    from sslray.methods import build_method
+    from sslray.methods import MethodContext, as_module, build_method
     from sslray.models.taps import LayerFeatures
 
-    cfg, src = RunConfig.model_validate_json(cfg_json), RunConfig.model_validate_json(src_json)
-    m: Any = cfg.method
+    m = _cc(cfg)
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = load_trained_state(location(src_uri), src.method.name)
-    method = build_method(src)
-    method.load_state_dict(state["model"])
+    ctx = MethodContext.of(src, num_samples=train_split_size(src.data), for_training=False)
+    method = build_method(src.method, ctx)
+    as_module(method).load_state_dict(state["model"])
     encoder = LayerFeatures(method.feature_encoder(), m.layer).to(device)
-    if cfg.data.dataset == "imagefolder":
+    if dataset_info(cfg.data.dataset).files:
         raise ConfigError("data.dataset", ["data.dataset: the cc pipeline clusters in-memory "
                                            "datasets so far (imagefolder: not yet)"])
     data = load_arrays(cfg.data, "train")  # the TARGET's training split, row i = sample i
-    mean, std = dataset_stats(cfg.data.dataset)
-    feats = extract_features(encoder, data, image_size(cfg.data), mean, std,
-                             cfg.eval.batch_size, device)
+    feats = extract_features(encoder, data, image_spec(cfg.data), cfg.eval.batch_size, device)
     result = kmeans(feats.numpy(), m.k, seed=cfg.seed, iters=m.kmeans_iters, pca_dim=m.pca_dim)
     labels = data.labels.numpy()
     stats: dict[str, Any] = {
@@ -148,10 +187,7 @@ def cluster_stage(cfg_json: str, src_json: str, src_uri: str, out_uri: str) -> d
     stats.update(wall_s=stats["seconds"], device_hours=stats["seconds"] * per / 3600)
     if (labels >= 0).all():
         stats.update(nmi=nmi(result.labels, labels), purity=purity(result.labels, labels))
-    out = location(out_uri)
-    out.save_npy(np.asarray(result.labels, dtype=np.int64), PSEUDO_LABELS)
-    out.write_text(json.dumps(stats, indent=2, sort_keys=True), CLUSTERS_JSON)  # written last
-    return stats
+    return Clusters(np.asarray(result.labels, dtype=np.int64), stats)
 
 
 def _final_metrics(run: Location) -> dict[str, float]:
@@ -165,15 +201,14 @@ def _final_metrics(run: Location) -> dict[str, float]:
 
 
 def run_clusters(cfg: RunConfig, src_cfg: RunConfig, src_loc: Location,
-                 loc: Location) -> dict[str, Any]:
+                 loc: Location) -> Clusters:
     out = loc.child("clusters")
+    m = _cc(cfg)
     if out.exists(CLUSTERS_JSON):
         print(f"[pipeline] clusters: {out.uri} computed earlier, reused", flush=True)
-        return dict(json.loads(out.read_text(CLUSTERS_JSON)))
-    m: Any = cfg.method
+        return Clusters.load(out, m.k)
     print(f"[pipeline] 2/3 k-means: {m.layer} features of the source over {cfg.data.dataset}, "
           f"k={m.k}", flush=True)
-    args = (cfg.model_dump_json(), src_cfg.model_dump_json(), src_loc.uri, out.uri)
     import ray
 
     if cfg.resources.workers > 0 and ray.is_initialized():
@@ -183,29 +218,29 @@ def run_clusters(cfg: RunConfig, src_cfg: RunConfig, src_loc: Location,
         task = ray.remote(cluster_stage).options(
             num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0,
             scheduling_strategy="DEFAULT")
-        stats: dict[str, Any] = ray.get(task.remote(*args))
+        clusters: Clusters = ray.get(task.remote(cfg, src_cfg, src_loc.uri))
     else:
-        stats = cluster_stage(*args)
+        clusters = cluster_stage(cfg, src_cfg, src_loc.uri)
+    clusters.save(out)  # the driver writes: one writer for the stage's files
+    stats = clusters.stats
     shown = ", ".join(f"{k} {stats[k]:.3f}" for k in ("nmi", "purity") if k in stats)
     print(f"[pipeline] k-means done in {stats['seconds']:.0f} s" + (f": {shown}" if shown else ""),
           flush=True)
-    return stats
+    return clusters
 
 
 # -- stages 4-5: the target ----------------------------------------------------------------------
 
 def run_cluster_transfer(cfg: RunConfig, loc: Location, *, callbacks: Sequence[Any] = (),
                          verbose: bool = True) -> dict[str, float]:
+    from sslray.training.loop import StageInputs
     from sslray.training.worker import run_training
 
     src_cfg, src_loc = run_source(cfg, loc, verbose)
-    run_clusters(cfg, src_cfg, src_loc, loc)
-    labels_uri = loc.child("clusters", PSEUDO_LABELS).uri
-    target = validate_raw(apply_overrides(json.loads(cfg.to_json()),
-                                          [f"method.pseudo_labels={json.dumps(labels_uri)}"]),
-                          source="cc target")
-    m: Any = cfg.method
-    print(f"[pipeline] 3/3 target: {target.backbone.arch} classifies {m.k} clusters "
-          f"({target.train.epochs} epochs)", flush=True)
-    write_config(target, loc)
-    return run_training(target, loc, callbacks=callbacks, verbose=verbose)
+    clusters = run_clusters(cfg, src_cfg, src_loc, loc)
+    m = _cc(cfg)
+    print(f"[pipeline] 3/3 target: {cfg.backbone.arch} classifies {m.k} clusters "
+          f"({cfg.train.epochs} epochs)", flush=True)
+    write_config(cfg, loc)  # the user's config, as given: the stage inputs travel beside it
+    inputs = StageInputs(pseudo_labels=clusters.labels, report=clusters.report())
+    return run_training(cfg, loc, callbacks=callbacks, verbose=verbose, inputs=inputs)

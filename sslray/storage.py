@@ -9,12 +9,13 @@ on a local disk of the head node.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow.fs as pafs
+
+from sslray.atomic_file import atomic_write
 
 
 def is_uri(location: str) -> bool:
@@ -65,19 +66,12 @@ class Location:
         return self.read_bytes(*parts).decode()
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        """Write a file whole; on a local disk via a temporary name + rename (atomic)."""
+        """Write a file whole; on a local disk atomically (a temporary name, then a rename)."""
         target = self.child(*parts)
-        parent = str(PurePosixPath(target.path).parent)
-        self.fs.create_dir(parent, recursive=True)
-        if target.is_local:
-            tmp = Path(f"{target.path}.tmp{os.getpid()}")
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, target.path)
-            except BaseException:  # a full disk or a lost mount: the old file stays as it was
-                tmp.unlink(missing_ok=True)
-                raise
+        if target.is_local:  # a full disk or a lost mount: the old file stays as it was
+            atomic_write(Path(target.path), data)
             return
+        self.fs.create_dir(str(PurePosixPath(target.path).parent), recursive=True)
         with self.fs.open_output_stream(target.path) as f:  # object stores: one PUT, atomic
             f.write(data)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sslray.cli.run_cmd import QUIET_RAY_ENV
+from sslray.cli.ray_setup import QUIET_RAY_ENV
 from sslray.config import RunConfig, validate_raw
 
 # Fast, quiet Ray Train settings: sslray's quiet start-up plus a 0.1 s controller poll, so the
@@ -47,8 +47,27 @@ def tiny() -> RunConfig:
     return tiny_config()
 
 
+@pytest.fixture
+def ray_session(_ray_cluster):
+    """The session's Ray, once the previous test's actors have given their CPUs back.
+
+    A finished Tune sweep or Train run tears its controller and workers down asynchronously; on
+    this 2-CPU cluster a test started right after one (a 2-worker run needs both CPUs) would
+    otherwise wait for a worker group that cannot be placed yet.
+    """
+    import time
+
+    deadline = time.monotonic() + 90
+    total = _ray_cluster.cluster_resources().get("CPU", 0.0)
+    while _ray_cluster.available_resources().get("CPU", 0.0) < total - 1e-6:
+        if time.monotonic() > deadline:
+            break  # let the test run (and fail with Ray's own message) rather than hang here
+        time.sleep(0.5)
+    return _ray_cluster
+
+
 @pytest.fixture(scope="session")
-def ray_session():
+def _ray_cluster():
     """One small local Ray for every test that needs real Ray Train workers."""
     import ray
 
@@ -65,3 +84,33 @@ def ray_session():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def build(cfg: RunConfig, **ctx: Any) -> Any:
+    """The method module a run config names, as the training loop builds it (`ctx`: the
+    MethodContext fields beyond the config's, e.g. num_samples=128)."""
+    from sslray.methods import MethodContext, build_method
+
+    return build_method(cfg.method, MethodContext.of(cfg, **ctx))
+
+
+def three_step_losses(cfg: RunConfig) -> list[float]:
+    """Losses of the first 3 optimiser steps of `cfg` (the golden-loss tests): batches 0-2 of
+    epoch 0, weights seeded by cfg.seed, augmentation RNG seed 7, deterministic algorithms."""
+    import torch
+
+    from sslray.data.datasets import load_arrays
+    from sslray.data.streams import ArrayStream
+    from sslray.training.loop import Trainer
+
+    data = load_arrays(cfg.data, "train")
+    batches = list(ArrayStream(data, cfg.train.batch_size, 1, 0, cfg.seed).epoch(0))[:3]
+    was_on = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        trainer = Trainer(cfg, steps_per_epoch=4, device="cpu")  # seeds the weights (cfg.seed)
+        torch.manual_seed(7)  # the views' (and Jigsaw++'s puzzles') draws
+        return [trainer.train_step(b)["loss"].item() for b in batches]
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=warn_only)

@@ -86,7 +86,7 @@ def test_a_finished_run_directory_can_be_the_source(tmp_path: Path) -> None:
 
 
 def test_a_jigsaw_run_leaves_its_permutation_set_beside_the_model(tmp_path: Path) -> None:
-    from tests.test_methods_smoke import SMOKE_METHOD
+    from tests.methods.test_smoke import SMOKE_METHOD
 
     cfg = tiny_config(method=SMOKE_METHOD["jigsaw_pp"], train={"epochs": 1, "batch_size": 32})
     run_any(cfg, location(tmp_path / "run"), verbose=False)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import shutil
 import sys
 import time
@@ -13,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from sslray.cli.common import add_config_arguments, add_ray_arguments, guarded
+from sslray.cli.ray_setup import check_fits_locally, start_ray
 from sslray.cli.validate_cmd import describe
-from sslray.config import ConfigError, RunConfig, load_config
+from sslray.config import RunConfig, load_config
 
 
 def add_parser(sub: Any) -> None:
@@ -51,8 +50,6 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool
             if cfg_file.is_file():
                 old = json.loads(cfg_file.read_text()).get("config", {})
                 new = json.loads(cfg.to_json())
-                for c in (old, new):  # the cc pipeline fills this in for its target stage
-                    c.get("method", {}).pop("pseudo_labels", None)
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 if changed:
                     raise FileExistsError(
@@ -71,71 +68,6 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool
     from sslray.storage import location
 
     write_config(cfg, location(run_dir))  # the same writer every run directory gets
-
-
-# Ray settings sslray starts a local Ray with (a variable already set wins). The Train controller
-# polls each worker every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default 2 s); a worker's
-# report waits if the previous one is still unpolled, so 0.5 s keeps short epochs from waiting.
-# Measured (benchmarks/train_throughput.py, 2 cores): 0.1 s and 2 s gave the same Ray Train
-# 1-worker images/s within noise.
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_USAGE_STATS_ENABLED": "0"}
-
-# Quiet, quick start-up for short-lived local Rays (the test suite, the benchmarks; set before Ray
-# starts, the driver passes RAY_TRAIN_* variables on to the controller and the workers). See
-# ../shared/notes/ray-2.60.md section 6.
-QUIET_RAY_ENV = {
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-}
-
-
-def local_capacity() -> tuple[float, float]:
-    """(CPUs, GPUs) a local Ray started here would have: Ray's own CPU count (cgroup-aware)."""
-    import torch
-    try:
-        from ray._private.utils import get_num_cpus  # what ray.init() itself would detect
-    except ImportError:  # a private helper: fall back to the CPUs this process may use
-        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                     else os.cpu_count() or 1)
-    else:
-        cpus = float(get_num_cpus())
-    return cpus, float(torch.cuda.device_count())
-
-
-def check_fits_locally(address: str | None, cpus: float, gpus: float, what: str,
-                       fix: str) -> None:
-    """A local Ray (no --address) never grows: refuse work that could never be scheduled on it,
-    before anything is written. (On a cluster the autoscaler may still add nodes: no check.)"""
-    import ray
-
-    if address is not None or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-        return
-    have_cpus, have_gpus = local_capacity()
-    short = [f"{need:g} {name} (this machine has {have:g})"
-             for name, need, have in (("CPUs", cpus, have_cpus), ("GPUs", gpus, have_gpus))
-             if need > have + 1e-9]
-    if short:
-        raise ConfigError(what, [f"needs {' and '.join(short)}, which the local Ray started "
-                                 f"here can never give; {fix}, or pass --address of a cluster "
-                                 f"that has (or can autoscale to) them"])
-
-
-def start_ray(address: str | None, workers: int) -> None:
-    import ray
-
-    if ray.is_initialized() or workers == 0:
-        return
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    if address is None:  # a local Ray: no spot preemption to watch for
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
-             include_dashboard=address is None or None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from sslray.cli.common import add_ray_arguments, guarded
-from sslray.cli.run_cmd import check_fits_locally, start_ray
+from sslray.cli.ray_setup import check_fits_locally, start_ray
 from sslray.sweep.spec import describe_sweep, expand, load_sweep
 
 

@@ -73,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
     if args.smoke:
         cfg = cfg.smoke()
     print(describe(cfg))
-    if cfg.method.name == "cc":
-        from sslray.pipeline import source_config
+    from sslray.pipeline import is_pipeline, source_config
 
+    if is_pipeline(cfg):
         print("source (stage 1 of the cc pipeline):")
         print("\n".join("  " + line for line in describe(source_config(cfg)).splitlines()))
     print("ok")

@@ -1,7 +1,7 @@
 """Datasets (real loaders, the embedded default, a synthetic set), views, training streams."""
 
 from sslray.data.datasets import DatasetError, ImageArrays, load_arrays, load_image_folder
-from sslray.data.loaders import ArrayStream, Batch, FileStream
+from sslray.data.streams import ArrayStream, Batch, FileStream
 from sslray.data.views import BatchedViews, eval_transform, torchvision_crop, torchvision_views
 
 __all__ = [

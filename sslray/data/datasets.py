@@ -23,27 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from sslray.config_types import DataConfig
+from sslray.data.catalog import dataset_info
 
 Split = Literal["train", "test"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-# Per-channel normalisation statistics of each training set (commonly used values).
-STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3),
-    "mnist": ((0.1307,) * 3, (0.3081,) * 3),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet statistics
-    "digits": ((0.3, 0.3, 0.3), (0.38, 0.38, 0.38)),
-    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-}
-NATIVE_SIZE = {
-    "fashion_mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "stl10": 96,
-    "imagefolder": 224, "digits": 8, "synthetic": 32,
-}
-
 
 class DatasetError(FileNotFoundError):
     """A dataset that cannot be loaded; the message says where the files must go."""
@@ -228,8 +212,6 @@ def make_synthetic(n: int, num_classes: int, size: int, seed: int) -> ImageArray
     return ImageArrays(x, labels.long(), num_classes, "synthetic")
 
 
-
-
 def load_arrays(cfg: DataConfig, split: Split, labeled: bool = False) -> ImageArrays:
     """Load an in-memory dataset split as a `DataConfig` describes it (subset and resize applied).
 
@@ -244,7 +226,7 @@ def load_arrays(cfg: DataConfig, split: Split, labeled: bool = False) -> ImageAr
     elif name == "digits":
         data = load_digits_dataset(split)
     elif name == "synthetic":
-        size = cfg.image_size or NATIVE_SIZE["synthetic"]
+        size = cfg.image_size or dataset_info("synthetic").native_size
         seed = 1 if split == "train" else 2
         data = make_synthetic(cfg.synthetic_size, cfg.synthetic_classes,
                               size, seed)
@@ -271,11 +253,3 @@ def load_image_folder(cfg: DataConfig, split: Split) -> Any:
         return ImageFolder(str(folder))
     except (FileNotFoundError, RuntimeError) as exc:
         raise DatasetError(f"imagefolder ({split}): {folder}: {exc}") from None
-
-
-def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return STATS[name]
-
-
-def image_size(cfg: DataConfig) -> int:
-    return cfg.image_size or NATIVE_SIZE[cfg.dataset]

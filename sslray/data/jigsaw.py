@@ -3,7 +3,7 @@
 References: Noroozi & Favaro 2016 (Jigsaw, Algorithm 1: permutations by Hamming distance);
 Noroozi et al. 2018 (Jigsaw++: 0-2 tiles replaced by tiles of another image). Recipe details from
 the authors' released caffe code (`data_transformer.cpp`, `merge_data_layer.cpp`,
-`train_val_cfn_jps++.prototxt`, commit d18dace), see ../shared/notes/peers.md section 3.1.
+`train_val_cfn_jps++.prototxt`, commit d18dace), see docs/papers.md#jigsaw-puzzle-recipe.
 
 Conventions (those of the released code): a puzzle with label `l` has at tile position `i` the
 tile cut from grid cell `perms[l][i]` (cells and positions in row-major order). Occluded positions
@@ -15,12 +15,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from sslray.atomic_file import atomic_write
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision rgb_to_grayscale
 MVN_EPS = 1e-4  # on the variance; chosen so flat tiles (FMNIST background) stay flat (caffe: 1e-9)
@@ -84,10 +85,7 @@ def load_or_make_permutations(
             raise ValueError(f"{path}: expected {n} permutations of {k}, got shape {perms.shape}")
         return perms.astype(np.int64)
     perms = _cached_permutations(n, grid_size, seed).copy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, perms)
-    os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
+    atomic_write(path, lambda f: np.save(f, perms))  # workers never read a half-written file
     return perms
 
 

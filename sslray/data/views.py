@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from sslray.config_types import AugmentConfig
+from sslray.data.catalog import ImageSpec
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision rgb_to_grayscale
 
@@ -166,14 +167,12 @@ class BatchedViews:
     def __init__(
         self,
         augs: tuple[AugmentConfig, ...],
-        size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
+        spec: ImageSpec,
     ) -> None:
         self.augs = augs
-        self.size = size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.size = spec.size
+        self.mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std).view(1, 3, 1, 1)
 
     def one(self, images: torch.Tensor, cfg: AugmentConfig, crop: bool = True) -> torch.Tensor:
         """One view; `crop=False`: `images` are already cropped to (N, C, size, size)."""
@@ -203,10 +202,9 @@ class BatchedViews:
         return tuple(self.one(c, cfg, crop=False) for c, cfg in zip(crops, self.augs, strict=True))
 
 
-def eval_transform(
-    images: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> torch.Tensor:
-    """Evaluation view of a uint8 batch: resize to `size` if needed, 3 channels, normalise."""
+def eval_transform(images: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
+    """Evaluation view of a uint8 batch: resize to `spec.size` if needed, 3 channels, normalise."""
+    size = spec.size
     x = images.float().div_(255)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -214,8 +212,8 @@ def eval_transform(
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    m = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
 
 
@@ -233,13 +231,12 @@ def torchvision_crop(cfg: AugmentConfig, size: int) -> v2.Compose:
     return v2.Compose(_crop_ops(cfg, size))
 
 
-def torchvision_views(
-    cfg: AugmentConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> v2.Compose:
+def torchvision_views(cfg: AugmentConfig, spec: ImageSpec) -> v2.Compose:
     """One view as a per-sample torchvision.transforms.v2 pipeline (MoCo main_moco.py order).
 
     Input: a PIL image or a uint8 tensor; output: a normalised float (3, size, size) tensor.
     """
+    size = spec.size
     ops = _crop_ops(cfg, size)
     if cfg.jitter_p > 0:
         jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
@@ -254,6 +251,6 @@ def torchvision_views(
     ops += [
         v2.RandomHorizontalFlip(p=cfg.flip_p),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
+        v2.Normalize(list(spec.mean), list(spec.std)),
     ]
     return v2.Compose(ops)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from sslray.data.catalog import ImageSpec
 from sslray.data.datasets import ImageArrays
 from sslray.data.views import eval_transform
 
@@ -30,9 +31,7 @@ def frozen(encoder: nn.Module) -> Iterator[nn.Module]:
 def extract_features(
     encoder: nn.Module,
     data: ImageArrays,
-    size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    spec: ImageSpec,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
@@ -44,12 +43,13 @@ def extract_features(
     with frozen(encoder):
         for start in range(0, len(data), batch_size):
             x = data.images[start : start + batch_size].to(device, non_blocking=True)
-            out.append(encoder(eval_transform(x, size, mean, std)).float().cpu())
+            out.append(encoder(eval_transform(x, spec)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def folder_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
+def folder_eval_transform(spec: ImageSpec) -> Any:
     """The standard ImageNet evaluation view: resize to size/0.875, centre crop, normalise."""
+    size, mean, std = spec.size, list(spec.mean), list(spec.std)
     return v2.Compose([
         v2.ToImage(), v2.RGB(), v2.Resize(int(round(size / 0.875)), antialias=True),
         v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
@@ -60,15 +60,13 @@ def folder_eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, 
 def extract_folder_features(
     encoder: nn.Module,
     folder: Any,
-    size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    spec: ImageSpec,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) features and (N,) labels of an image-file dataset (torchvision ImageFolder)."""
-    folder.transform = folder_eval_transform(size, mean, std)
+    folder.transform = folder_eval_transform(spec)
     loader = DataLoader(folder, batch_size=batch_size, num_workers=num_workers)
     feats, labels = [], []
     with frozen(encoder):

@@ -1,4 +1,4 @@
-"""Seeded faiss k-means, clustering scores (NMI, purity) and pseudo-label files.
+"""Seeded faiss k-means and clustering scores (NMI, purity).
 
 The knowledge-transfer step of Noroozi et al. (CVPR 2018): features of a pre-trained model ->
 k-means -> each image's nearest centroid is its pseudo-label. Preprocessing follows DeepCluster
@@ -8,19 +8,12 @@ L2 normalisation of every row.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-PSEUDO_LABELS_FILE = "pseudo_labels.npy"
-CLUSTERS_FILE = "clusters.json"
 
 
 @dataclass(frozen=True)
@@ -46,8 +39,7 @@ def _as_float32(features: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _faiss() -> Any:
-    """faiss, imported on first use: the method registry imports this module (for the
-    pseudo-label files) and should not pay for faiss."""
+    """faiss, imported on first use (importing sslray.eval should not pay for faiss)."""
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # INFO lines repeat per worker
     import faiss
 
@@ -172,94 +164,3 @@ def purity(pred: np.ndarray, truth: np.ndarray) -> float:
     """Fraction of rows whose cluster's majority class is their class (1.0: every cluster pure)."""
     c = _contingency(pred, truth)  # (clusters, classes)
     return float(c.max(axis=1).sum() / max(c.sum(), 1.0))
-
-
-def cluster_scores(pred: np.ndarray, truth: np.ndarray | torch.Tensor) -> dict[str, float]:
-    """NMI and purity of a clustering against labels, over the labelled rows (truth >= 0).
-
-    Returns {} when no row is labelled (e.g. STL-10's unlabelled split).
-    """
-    t = truth.cpu().numpy() if isinstance(truth, torch.Tensor) else np.asarray(truth)
-    p = np.asarray(pred)
-    keep = t >= 0
-    if not keep.any():
-        return {}
-    return {"nmi": nmi(p[keep], t[keep]), "purity": purity(p[keep], t[keep])}
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@dataclass(frozen=True)
-class PseudoLabels:
-    """Pseudo-labels of a training split (row i labels sample i) and what made them."""
-
-    labels: np.ndarray  # (N,) int64
-    info: dict[str, Any]  # clusters.json: k, sizes, objective, seed, source, nmi, purity, ...
-
-    @classmethod
-    def from_kmeans(
-        cls, result: KMeansResult, *, seed: int, source: str,
-        truth: np.ndarray | torch.Tensor | None = None, **extra: Any,
-    ) -> PseudoLabels:
-        """Labels plus a summary; `truth` (true labels, -1 = none) adds NMI and purity."""
-        info: dict[str, Any] = {
-            "k": result.k, "n": int(result.labels.shape[0]), "sizes": result.sizes.tolist(),
-            "empty_clusters": result.empty_clusters, "objective": result.objective,
-            "seed": seed, "source": source,
-        }
-        if truth is not None:
-            info.update(cluster_scores(result.labels, truth))
-        info.update(extra)
-        return cls(result.labels, info)
-
-    def save(self, directory: str | Path) -> Path:
-        """Write `pseudo_labels.npy` and `clusters.json` atomically; returns the .npy path."""
-        d = Path(directory)
-        npy = d / PSEUDO_LABELS_FILE
-        _atomic_write(npy, lambda f: np.save(f, self.labels.astype(np.int64)))
-        text = json.dumps(self.info, indent=2, sort_keys=True).encode()
-        _atomic_write(d / CLUSTERS_FILE, lambda f: f.write(text))
-        return npy
-
-    @classmethod
-    def load(cls, path: str | Path, expected_len: int | None = None) -> PseudoLabels:
-        """Read a `pseudo_labels.npy` (or the folder holding it) and its `clusters.json`."""
-        p = Path(path)
-        npy = p / PSEUDO_LABELS_FILE if p.is_dir() else p
-        labels = load_pseudo_labels(npy, expected_len)
-        meta = npy.parent / CLUSTERS_FILE
-        info = json.loads(meta.read_text()) if meta.is_file() else {}
-        return cls(labels, info)
-
-
-def load_pseudo_labels(path: str | Path, expected_len: int | None = None) -> np.ndarray:
-    """(N,) int64 pseudo-labels from a .npy file, checked: 1-D, integer, >= 0, N as expected."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"pseudo-labels file {p} does not exist")
-    return check_pseudo_labels(np.load(p, allow_pickle=False), str(p), expected_len)
-
-
-def check_pseudo_labels(arr: np.ndarray, p: str, expected_len: int | None = None) -> np.ndarray:
-    """`arr` as (N,) int64 after the checks of `load_pseudo_labels` (`p` names it in errors)."""
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{p}: expected a 1-D integer array, got {arr.dtype} {arr.shape}")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{p}: pseudo-labels must be >= 0, found {int(arr.min())}")
-    if expected_len is not None and arr.shape[0] != expected_len:
-        raise ValueError(
-            f"{p} holds {arr.shape[0]} pseudo-labels but the training split has {expected_len} "
-            f"samples (row i must label sample i)"
-        )
-    return arr.astype(np.int64)

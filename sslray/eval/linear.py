@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslray.config_types import AugmentConfig
+from sslray.data.catalog import ImageSpec
 from sslray.data.datasets import ImageArrays
 from sslray.data.views import BatchedViews, torchvision_views
 from sslray.eval.features import extract_features, extract_folder_features, frozen
@@ -130,9 +131,7 @@ def linear_probe_paper(
     encoder: nn.Module,
     train: ImageArrays,
     test: ImageArrays,
-    size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    spec: ImageSpec,
     epochs: int,
     lr: float = 30.0,
     batch_size: int = 256,
@@ -145,7 +144,7 @@ def linear_probe_paper(
     no_grad, and its train/eval mode is restored afterwards. `seed` orders the batches; the
     augmentations and the head's init draw from the global torch RNG.
     """
-    views = BatchedViews((PAPER_AUGMENT,), size, mean, std)
+    views = BatchedViews((PAPER_AUGMENT,), spec)
     batch_size = min(batch_size, len(train))  # a set smaller than one batch still trains
     g = torch.Generator().manual_seed(seed)
 
@@ -157,7 +156,7 @@ def linear_probe_paper(
             yield x, train.labels[idx]
 
     head = _train_paper_head(encoder, epoch_batches, train.num_classes, epochs, lr, device)
-    test_feats = extract_features(encoder, test, size, mean, std, 512, device)
+    test_feats = extract_features(encoder, test, spec, 512, device)
     return _paper_scores(head, test_feats, test.labels, train.num_classes)
 
 
@@ -165,9 +164,7 @@ def linear_probe_paper_folder(
     encoder: nn.Module,
     train_folder: Any,
     test_folder: Any,
-    size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    spec: ImageSpec,
     epochs: int,
     lr: float = 30.0,
     batch_size: int = 256,
@@ -189,7 +186,7 @@ def linear_probe_paper_folder(
             f"({len(train_folder.classes)} vs {len(test_folder.classes)}); labels would not match"
         )
     train = copy.copy(train_folder)  # its own transform; the samples list is shared
-    train.transform = torchvision_views(PAPER_AUGMENT, size, mean, std)
+    train.transform = torchvision_views(PAPER_AUGMENT, spec)
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         train, batch_size=min(batch_size, len(train)), shuffle=True, generator=g,
@@ -199,6 +196,6 @@ def linear_probe_paper_folder(
     num_classes = len(train_folder.classes)
     head = _train_paper_head(encoder, lambda: loader, num_classes, epochs, lr, device)
     test_feats, test_labels = extract_folder_features(
-        encoder, test_folder, size, mean, std, batch_size, device, num_workers
+        encoder, test_folder, spec, batch_size, device, num_workers
     )
     return _paper_scores(head, test_feats, test_labels, num_classes)

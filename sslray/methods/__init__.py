@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
@@ -10,10 +10,17 @@ from sslray.methods.byol import BYOL
 from sslray.methods.cluster_transfer import ClusterTransfer
 from sslray.methods.jigsaw_pp import JigsawPP
 from sslray.methods.moco import MoCo
-from sslray.methods.protocol import SSLMethod, StepOutput
+from sslray.methods.protocol import (
+    MethodClass,
+    MethodConfigBase,
+    MethodContext,
+    SSLMethod,
+    StepOutput,
+    as_module,
+)
 from sslray.methods.supervised import Supervised
 
-METHODS: dict[str, Any] = {
+METHODS: dict[str, MethodClass] = {
     "moco": MoCo,
     "byol": BYOL,
     "jigsaw_pp": JigsawPP,
@@ -21,7 +28,9 @@ METHODS: dict[str, Any] = {
     "cc": ClusterTransfer,
 }
 
-METHOD_CONFIGS: dict[str, Any] = {name: cls.Config for name, cls in METHODS.items()}
+METHOD_CONFIGS: dict[str, type[MethodConfigBase]] = {
+    name: cls.Config for name, cls in METHODS.items()
+}
 
 if TYPE_CHECKING:  # the static view of the union (extend it when registering a method)
     from sslray.methods.byol import BYOLConfig
@@ -39,12 +48,19 @@ else:
     MethodConfig = next(iter(METHOD_CONFIGS.values()))  # type: ignore[misc]
 
 
-def build_method(run_cfg: Any, num_samples: int | None = None) -> Any:
-    """Instantiate the method a RunConfig names (an nn.Module satisfying SSLMethod).
-
-    `num_samples`: the training set size (MoCo's memory bank keeps one row per sample).
-    """
-    return METHODS[run_cfg.method.name](run_cfg, num_samples)
+def build_method(cfg: MethodConfigBase, ctx: MethodContext) -> SSLMethod:
+    """Instantiate the method `cfg` configures (an nn.Module satisfying SSLMethod)."""
+    return METHODS[cfg.name](cfg, ctx)
 
 
-__all__ = ["METHODS", "METHOD_CONFIGS", "MethodConfig", "SSLMethod", "StepOutput", "build_method"]
+__all__ = [
+    "METHODS",
+    "METHOD_CONFIGS",
+    "MethodConfig",
+    "MethodConfigBase",
+    "MethodContext",
+    "SSLMethod",
+    "StepOutput",
+    "as_module",
+    "build_method",
+]

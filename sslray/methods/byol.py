@@ -5,15 +5,24 @@ Reference: google-deepmind/deepmind-research byol/ (f5de0ede): byol_experiment.p
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from sslray.config_types import AugmentConfig, StrictModel
-from sslray.methods.protocol import StepOutput, feature_std
+from sslray.config_types import AugmentConfig
+from sslray.methods.protocol import (
+    NO_ARTIFACTS,
+    MethodConfigBase,
+    MethodContext,
+    StepOutput,
+    TrainBatch,
+    feature_std,
+)
 from sslray.models import build_backbone, cosine_ema_decay, ema_update_, mlp_head, momentum_copy
 
 # BYOL's asymmetric views (paper, Table 6): colour jitter 0.4/0.4/0.2/0.1 with p 0.8, grayscale
@@ -22,7 +31,7 @@ BYOL_VIEW_1 = AugmentConfig(crop_scale=(0.08, 1.0), saturation=0.2, blur_p=1.0, 
 BYOL_VIEW_2 = AugmentConfig(crop_scale=(0.08, 1.0), saturation=0.2, blur_p=0.1, solarize_p=0.2)
 
 
-class BYOLConfig(StrictModel):
+class BYOLConfig(MethodConfigBase):
     name: Literal["byol"] = "byol"
     hidden_dim: int = Field(default=4096, ge=1)  # BYOL: projector / predictor MLP 4096
     proj_dim: int = Field(default=256, ge=1)  # BYOL: 256-d projection
@@ -34,6 +43,10 @@ class BYOLConfig(StrictModel):
     bn: Literal["sync", "local", "none"] = "sync"
     augment_1: AugmentConfig = BYOL_VIEW_1
     augment_2: AugmentConfig = BYOL_VIEW_2
+
+    @property
+    def view_augs(self) -> tuple[AugmentConfig, ...]:
+        return (self.augment_1, self.augment_2)
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -51,11 +64,10 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 class BYOL(nn.Module):
     Config = BYOLConfig
 
-    def __init__(self, run_cfg: Any, num_samples: int | None = None) -> None:
+    def __init__(self, cfg: BYOLConfig, ctx: MethodContext) -> None:
         super().__init__()
-        cfg: BYOLConfig = run_cfg.method
         self.cfg = cfg
-        self.backbone = build_backbone(run_cfg.backbone)
+        self.backbone = build_backbone(ctx.backbone)
         width = self.backbone.out_dim
         head_bn = cfg.bn != "none"
         self.projector = mlp_head(width, cfg.hidden_dim, cfg.proj_dim, hidden_bn=head_bn)
@@ -66,13 +78,15 @@ class BYOL(nn.Module):
         )
         self.online = nn.Sequential(self.backbone, self.projector)
         self.target = momentum_copy(self.online)  # EMA of backbone + projector
-        self.view_augs = (cfg.augment_1, cfg.augment_2)
         self.wants_sync_bn = cfg.bn == "sync"
 
     def feature_encoder(self) -> nn.Module:
         return self.backbone  # the online backbone (never the target; lightly#1471)
 
-    def training_step(self, batch: Any) -> StepOutput:
+    def artifacts(self) -> Mapping[str, np.ndarray]:
+        return NO_ARTIFACTS
+
+    def training_step(self, batch: TrainBatch) -> StepOutput:
         v1, v2 = batch.views
         z1, z2 = self.online(v1), self.online(v2)  # (N, D)
         p1, p2 = self.predictor(z1), self.predictor(z2)
@@ -83,7 +97,7 @@ class BYOL(nn.Module):
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         return StepOutput(loss, {"loss": loss.detach(), "feature_std": feature_std(z1)})
 
-    def forward(self, batch: Any) -> StepOutput:
+    def forward(self, batch: TrainBatch) -> StepOutput:
         return self.training_step(batch)
 
     def tau(self, progress: float) -> float:

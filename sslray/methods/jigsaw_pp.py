@@ -3,7 +3,8 @@
 Noroozi, Vinjimoor, Favaro, Pirsiavash 2018 ("Boosting self-supervised learning via knowledge
 transfer"), on Jigsaw (Noroozi & Favaro 2016). Recipe from the authors' released caffe code
 (train_val_cfn_jps++.prototxt, data_transformer.cpp, merge_data_layer.cpp, commit d18dace); see
-../shared/notes/peers.md sections 3.1-3.2 and `sslray.data.jigsaw` for the puzzle conventions.
+docs/papers.md#jigsaw-puzzle-recipe and #jigsaw-network, and `sslray.data.jigsaw` for the puzzle
+conventions.
 The classifier predicts the permutation index among `num_permutations`: chance is 1 / P and the
 loss at initialisation is about log P (6.55 for P = 701).
 """
@@ -11,16 +12,24 @@ loss at initialisation is about log P (6.55 for P = 701).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from sslray.config_types import AugmentConfig, StrictModel
+from sslray.config_types import AugmentConfig
 from sslray.data.jigsaw import Puzzles, load_or_make_permutations, make_puzzles
-from sslray.methods.protocol import StepOutput, feature_std
+from sslray.methods.protocol import (
+    MethodConfigBase,
+    MethodContext,
+    StepOutput,
+    TrainBatch,
+    feature_std,
+)
 from sslray.models import build_backbone
 
 # The crop the puzzle is cut from. The authors take a fixed 255 px crop of a 256 px (short side)
@@ -29,7 +38,7 @@ from sslray.models import build_backbone
 JIGSAW_CROP = AugmentConfig(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 
 
-class JigsawPPConfig(StrictModel):
+class JigsawPPConfig(MethodConfigBase):
     name: Literal["jigsaw_pp"] = "jigsaw_pp"
     num_permutations: int = Field(default=701, ge=2)  # Jigsaw++ code: permutations_701.bin
     permutation_seed: int = 0  # chosen: the set ignores the run's seed (same set across seeds)
@@ -76,6 +85,10 @@ class JigsawPPConfig(StrictModel):
         """Slack of a cell around its tile (Jigsaw++: 85 - 64 = 21 px)."""
         return self.crop_size // self.grid - self.tile_size
 
+    @property
+    def view_augs(self) -> tuple[AugmentConfig, ...]:
+        return (self.augment,)  # one crop; the puzzle is cut from it on the device
+
 
 def jigsaw_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the permutation classifier, in fp32 even under autocast.
@@ -93,12 +106,11 @@ class JigsawPP(nn.Module):
 
     Config = JigsawPPConfig
 
-    def __init__(self, run_cfg: Any, num_samples: int | None = None) -> None:
+    def __init__(self, cfg: JigsawPPConfig, ctx: MethodContext) -> None:
         super().__init__()
-        cfg: JigsawPPConfig = run_cfg.method
         self.cfg = cfg
-        self.channels_last = bool(run_cfg.train.channels_last)
-        self.backbone = build_backbone(run_cfg.backbone)
+        self.channels_last = ctx.channels_last
+        self.backbone = build_backbone(ctx.backbone)
         k = cfg.grid * cfg.grid
         self.fc6 = nn.Sequential(
             nn.Linear(self.backbone.out_dim, cfg.tile_dim), nn.ReLU(inplace=True),
@@ -115,12 +127,14 @@ class JigsawPP(nn.Module):
         # The set as a file next to the run (Ray Train writes it beside final.pt); the buffer
         # also travels in every checkpoint, so a resumed run keeps it.
         name = f"permutations_{cfg.num_permutations}_g{cfg.grid}_s{cfg.permutation_seed}.npy"
-        self.artifacts = {name: perms}
-        self.view_augs = (cfg.augment,)
+        self._artifacts = {name: perms}
         self.wants_sync_bn = False
 
     def feature_encoder(self) -> nn.Module:
         return self.backbone
+
+    def artifacts(self) -> Mapping[str, np.ndarray]:
+        return self._artifacts
 
     def puzzles(self, x: torch.Tensor) -> Puzzles:
         """Normalised views (B, C, S, S) -> `Puzzles` cut from crops resized to crop_size."""
@@ -148,7 +162,7 @@ class JigsawPP(nn.Module):
         per_tile = self.fc6(feats).view(b, k * self.cfg.tile_dim)  # concat in position order
         return self.classifier(per_tile), feats
 
-    def training_step(self, batch: Any) -> StepOutput:
+    def training_step(self, batch: TrainBatch) -> StepOutput:
         (x,) = batch.views
         p = self.puzzles(x)
         logits, feats = self.logits(p.tiles)
@@ -157,7 +171,7 @@ class JigsawPP(nn.Module):
         metrics = {"loss": loss.detach(), "pretext_acc": acc, "feature_std": feature_std(feats)}
         return StepOutput(loss, metrics)
 
-    def forward(self, batch: Any) -> StepOutput:
+    def forward(self, batch: TrainBatch) -> StepOutput:
         return self.training_step(batch)  # DDP hooks run on forward()
 
     def after_optimizer_step(self, progress: float) -> None:

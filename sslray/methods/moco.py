@@ -5,16 +5,25 @@ Reference: facebookresearch/moco@7397dfe1 (moco/builder.py, main_moco.py).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from sslray import distributed as dist
-from sslray.config_types import AugmentConfig, StrictModel
-from sslray.methods.protocol import StepOutput, feature_std
+from sslray.config_types import AugmentConfig
+from sslray.methods.protocol import (
+    NO_ARTIFACTS,
+    MethodConfigBase,
+    MethodContext,
+    StepOutput,
+    TrainBatch,
+    feature_std,
+)
 from sslray.models import (
     FeatureQueue,
     MemoryBank,
@@ -26,8 +35,11 @@ from sslray.models import (
 )
 from sslray.models.norm import norm_layer
 
+if TYPE_CHECKING:
+    from sslray.config import RunConfig
 
-class MoCoConfig(StrictModel):
+
+class MoCoConfig(MethodConfigBase):
     name: Literal["moco"] = "moco"
     dim: int = Field(default=128, ge=1)  # MoCo: 128-d embedding
     mlp: bool = True  # MoCo v2: 2-layer MLP head (v1: linear)
@@ -54,6 +66,23 @@ class MoCoConfig(StrictModel):
             raise ValueError("bn: split needs bn_splits >= 2 (sub-batches for BatchNorm)")
         return self
 
+    @property
+    def view_augs(self) -> tuple[AugmentConfig, ...]:
+        return (self.augment, self.augment)  # MoCo: two views of the same augmentation
+
+    def check_run(self, run: RunConfig) -> None:
+        batch = run.train.batch_size
+        if self.dictionary == "queue" and self.queue_size % batch:
+            raise ValueError(
+                f"method.queue_size ({self.queue_size}) must be a multiple of train.batch_size "
+                f"({batch}) so the queue holds whole batches (MoCo asserts this)"
+            )
+
+    def smoke(self, batch_size: int) -> MoCoConfig:
+        # 4 batches of negatives; at most 2 BN sub-batches of the small smoke batch
+        return self.model_validate({**self.model_dump(), "queue_size": batch_size * 4,
+                                    "bn_splits": min(self.bn_splits, 2)})
+
 
 def info_nce_loss(
     q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
@@ -76,11 +105,11 @@ def info_nce_loss(
 class MoCo(nn.Module):
     Config = MoCoConfig
 
-    def __init__(self, run_cfg: Any, num_samples: int | None = None) -> None:
+    def __init__(self, cfg: MoCoConfig, ctx: MethodContext) -> None:
         super().__init__()
-        cfg: MoCoConfig = run_cfg.method
         self.cfg = cfg
-        backbone = build_backbone(run_cfg.backbone, norm_layer(cfg.bn_splits))
+        num_samples = ctx.num_samples
+        backbone = build_backbone(ctx.backbone, norm_layer(cfg.bn_splits))
         width = backbone.out_dim
         head = (
             mlp_head(width, cfg.mlp_hidden or width, cfg.dim)
@@ -98,11 +127,13 @@ class MoCo(nn.Module):
                     f"than sampled negatives (method.queue_size {cfg.queue_size})"
                 )
             self.bank = MemoryBank(num_samples, cfg.dim)
-        self.view_augs = (cfg.augment, cfg.augment)
         self.wants_sync_bn = cfg.bn == "sync"
 
     def feature_encoder(self) -> nn.Module:
         return self.backbone  # the query backbone (never the momentum one; lightly#1471)
+
+    def artifacts(self) -> Mapping[str, np.ndarray]:
+        return NO_ARTIFACTS
 
     @torch.no_grad()
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +173,7 @@ class MoCo(nn.Module):
             acc = (l_pos > (q @ negatives.t()).max(dim=1).values).float().mean()
         return loss, q, k, acc
 
-    def training_step(self, batch: Any) -> StepOutput:
+    def training_step(self, batch: TrainBatch) -> StepOutput:
         v1, v2 = batch.views
         loss, q, k, acc = self._contrast(v1, v2, batch.index)
         keys, queries = [k], [q]
@@ -161,7 +192,7 @@ class MoCo(nn.Module):
         metrics = {"loss": loss.detach(), "pos_acc": acc, "feature_std": feature_std(q)}
         return StepOutput(loss, metrics)
 
-    def forward(self, batch: Any) -> StepOutput:
+    def forward(self, batch: TrainBatch) -> StepOutput:
         return self.training_step(batch)  # DDP hooks run on forward()
 
     def after_optimizer_step(self, progress: float) -> None:

@@ -7,17 +7,30 @@ it scales down is torchvision's reference (references/classification/train.py: R
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from sslray.config_types import AugmentConfig, DataConfig, StrictModel
-from sslray.methods.protocol import StepOutput, feature_std
+from sslray.config_types import AugmentConfig, DataConfig
+from sslray.data.catalog import dataset_info
+from sslray.methods.protocol import (
+    NO_ARTIFACTS,
+    MethodConfigBase,
+    MethodContext,
+    StepOutput,
+    TrainBatch,
+    feature_std,
+)
 from sslray.models import build_backbone
+
+if TYPE_CHECKING:
+    from sslray.config import RunConfig
 
 # One view, crop + flip only: chosen for Fashion-MNIST (28 px grayscale): colour ops do nothing
 # on grayscale and crops below half the image lose the garment (fmnist configs); torchvision's
@@ -28,12 +41,28 @@ CLASSIFICATION_VIEW = AugmentConfig(
 )
 
 
-class SupervisedConfig(StrictModel):
+class SupervisedConfig(MethodConfigBase):
     name: Literal["supervised"] = "supervised"
     # None: read from the dataset (the training split must be labelled: STL-10's unlabelled
     # pre-training split is refused); setting it skips loading the split at construction.
     num_classes: int | None = Field(default=None, ge=2)
     augment: AugmentConfig = CLASSIFICATION_VIEW
+
+    @property
+    def view_augs(self) -> tuple[AugmentConfig, ...]:
+        return (self.augment,)
+
+    def check_run(self, run: RunConfig) -> None:
+        require_labels(run.data)
+
+
+def require_labels(data: DataConfig) -> None:
+    """Refuse a dataset whose pre-training split has no labels (STL-10's unlabelled split)."""
+    if not dataset_info(data.dataset).pretrain_labeled:
+        raise ValueError(
+            f"data.dataset {data.dataset}: runs train on its unlabelled split (labels -1), so a "
+            f"supervised method has no labels to train on; use a labelled dataset"
+        )
 
 
 def classification_loss(
@@ -51,7 +80,7 @@ def classification_loss(
     return loss, acc
 
 
-def classification_step(backbone: nn.Module, head: nn.Module, batch: Any,
+def classification_step(backbone: nn.Module, head: nn.Module, batch: TrainBatch,
                         targets: torch.Tensor) -> StepOutput:
     """Cross-entropy of head(backbone(view)) against `targets` (B,) on the batch's one view;
     metrics loss, train_acc (agreement with the targets) and feature_std."""
@@ -75,14 +104,11 @@ def dataset_num_classes(data: DataConfig) -> int:
     """Number of classes of the training split a run trains on; errors if it has no labels."""
     from sslray.data.datasets import data_home, load_arrays, load_image_folder
 
-    if data.dataset == "synthetic":
+    info = dataset_info(data.dataset)
+    if info.storage == "generated":
         return data.synthetic_classes
-    if data.dataset == "stl10":
-        raise ValueError(
-            "data.dataset stl10: runs train on STL-10's unlabelled split (labels -1), so a "
-            "supervised method has no labels to train on; use a labelled dataset"
-        )
-    if data.dataset == "imagefolder":
+    require_labels(data)
+    if info.files:
         from torchvision.datasets.folder import find_classes
 
         folder = Path(data.root or data_home() / "imagefolder") / "train"
@@ -98,25 +124,25 @@ def dataset_num_classes(data: DataConfig) -> int:
 class Supervised(nn.Module):
     Config = SupervisedConfig
 
-    def __init__(self, run_cfg: Any, num_samples: int | None = None) -> None:
+    def __init__(self, cfg: SupervisedConfig, ctx: MethodContext) -> None:
         super().__init__()
-        cfg: SupervisedConfig = run_cfg.method
         self.cfg = cfg
-        if run_cfg.data.dataset == "stl10":
-            dataset_num_classes(run_cfg.data)  # raises: its training split has no labels
-        self.num_classes = cfg.num_classes or dataset_num_classes(run_cfg.data)
-        self.backbone = build_backbone(run_cfg.backbone)
+        require_labels(ctx.data)
+        self.num_classes = cfg.num_classes or dataset_num_classes(ctx.data)
+        self.backbone = build_backbone(ctx.backbone)
         self.classifier = classifier(self.backbone.out_dim, self.num_classes)
-        self.view_augs = (cfg.augment,)
         self.wants_sync_bn = False  # torchvision's reference: plain BN unless --sync-bn
 
     def feature_encoder(self) -> nn.Module:
         return self.backbone
 
-    def training_step(self, batch: Any) -> StepOutput:
+    def artifacts(self) -> Mapping[str, np.ndarray]:
+        return NO_ARTIFACTS
+
+    def training_step(self, batch: TrainBatch) -> StepOutput:
         return classification_step(self.backbone, self.classifier, batch, batch.labels)
 
-    def forward(self, batch: Any) -> StepOutput:
+    def forward(self, batch: TrainBatch) -> StepOutput:
         return self.training_step(batch)
 
     def after_optimizer_step(self, progress: float) -> None:

@@ -11,7 +11,7 @@ Layout of a sweep directory (`<storage>/<sweep name>/`; what `analysis.load_swee
 Train V2 cannot be handed to the Tuner; each trial runs `TorchTrainer.fit()` from inside the
 function trainable, the Train run named from the trial id so a restored trial resumes it, and
 `TuneReportCallback` turns each epoch report into a Tune result, so ASHA can stop trials per epoch
-(notes/ray-2.60.md section 1). Final evaluation happens inside the run: a trial that ASHA stops
+(docs/ray.md#train-inside-tune). Final evaluation happens inside the run: a trial that ASHA stops
 never runs code after `fit()`.
 """
 
@@ -20,10 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +31,15 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from sslray.config import RunConfig
 from sslray.pipeline import run_any
+from sslray.provenance import git_revision, versions
 from sslray.storage import Location, location
 from sslray.sweep.spec import SweepSpec, Trial, max_concurrent
 
-# Tune saves its experiment state at most every 10 s by default; a driver killed in that window
-# restarts trials from scratch on restore (notes/ray-2.60.md section 3). 2 s costs nothing.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-# Tune's classic status table: the columns we choose (the newer output prints every config).
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Set (unless already set) when a sweep starts, never at import. Tune saves its experiment state
+# at most every 10 s by default; a driver killed in that window restarts trials from scratch on
+# restore (docs/ray.md#tune_global_checkpoint_s); 2 s costs nothing. RAY_AIR_NEW_OUTPUT=0:
+# Tune's classic status table, with the columns we choose (the newer output prints every config).
+TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2", "RAY_AIR_NEW_OUTPUT": "0"}
 
 PROGRESS_COLUMNS = {"epoch": "epoch", "train/loss": "loss", "eval/knn_top1": "kNN"}
 
@@ -75,30 +74,6 @@ def trial_name(trial: Any) -> str:
     t = trial.config["trial"]
     point = ",".join(f"{k.split('.')[-1]}={v}" for k, v in t["grid"].items())
     return f"{t['label']}_s{t['seed']}" + (f"_{point}" if point else "")
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5,
-                               cwd=Path(__file__).parent).stdout.strip()
-        if out.returncode != 0:
-            return "unknown"
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for dist in ("sslray", "torch", "torchvision", "ray", "faiss-cpu", "faiss-gpu", "pandas"):
-        try:
-            out[dist.removesuffix("-cpu").removesuffix("-gpu")] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def write_sweep_json(spec: SweepSpec, trials: list[Trial], loc: Location, smoke: bool) -> None:
@@ -148,6 +123,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
 
     Ray must be initialised by the caller (a local Ray or `address=auto`).
     """
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
     loc = sweep_location(spec, smoke)
     exists = loc.exists("sweep.json") or loc.exists("tuner.pkl")
     driver: dict[str, float] = {"cpu": spec.resources.driver_cpus}

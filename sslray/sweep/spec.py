@@ -9,7 +9,6 @@ on the laptop and not after a cluster-hour.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
@@ -17,19 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from sslray.config import (
+from sslray.config import RunConfig, resolve_config_path, validate_raw
+from sslray.pipeline import is_pipeline, source_config
+from sslray.strict import (
     ConfigError,
-    RunConfig,
+    FieldError,
+    StrictModel,
     apply_overrides,
     read_yaml,
-    resolve_config_path,
     set_path,
-    validate_raw,
+    validate,
 )
-from sslray.config_types import StrictModel
-from sslray.pipeline import source_config
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"  # the repository's sweep files
 
@@ -53,10 +52,11 @@ class SweepResources(StrictModel):
     # max_concurrent_trials = cluster GPUs // GPUs per trial), computed when the sweep starts.
     max_concurrent_trials: int | None = Field(default=None, ge=1)
     # The trial driver's sliver of a CPU: the Train workers reserve their own bundles, and a
-    # whole-CPU driver per trial deadlocks small clusters (notes/ray-2.60.md section 1).
+    # whole-CPU driver per trial deadlocks small clusters
+    # (docs/ray.md#nested-resources-and-deadlock).
     driver_cpus: float = Field(default=0.01, gt=0)
     # A custom resource only safe (non-spot) nodes offer, e.g. the head of cluster/aws.yaml:
-    # trial drivers then never land on a node that can be preempted (Ray Tune docs, notes 1).
+    # trial drivers then never land on a node that can be preempted (docs/ray.md, same section).
     driver_resource: str | None = None
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
@@ -97,19 +97,26 @@ class SweepSpec(StrictModel):
     @model_validator(mode="after")
     def _shape(self) -> SweepSpec:
         if self.base is None and not self.variants:
-            raise ValueError("give a `base` run config, or `variants` each with a base")
-        if self.base is None and any(v.base is None for v in self.variants.values()):
-            raise ValueError("every variant needs a `base` when the sweep has none")
+            raise FieldError("base", "give a `base` run config, or `variants` each with a base")
+        missing = [k for k, v in self.variants.items() if self.base is None and v.base is None]
+        if missing:
+            raise FieldError(f"variants.{missing[0]}.base", "every variant needs a `base` when "
+                             "the sweep has none")
+        if self.base is not None and self.variants and all(
+                v.base is not None for v in self.variants.values()):
+            raise FieldError("base", "is never used: every variant names its own base (remove "
+                             "the top-level `base`, or drop `base` from a variant that should "
+                             "use it)")
         grids = [("grid", self.grid)] + [(f"variants.{k}.grid", v.grid)
                                         for k, v in self.variants.items() if v.grid is not None]
         for where, grid in grids:
             for key, values in grid.items():
                 if not values:
-                    raise ValueError(f"{where}.{key}: an empty list gives no trials")
+                    raise FieldError(f"{where}.{key}", "an empty list gives no trials")
                 width = len(key.split(","))
                 if width > 1 and any(not isinstance(v, list) or len(v) != width for v in values):
-                    raise ValueError(f"{where}.{key}: linked keys take lists of {width} values, "
-                                     f"e.g. [[64, 64], [128, 128]]")
+                    raise FieldError(f"{where}.{key}", f"linked keys take lists of {width} "
+                                     f"values, e.g. [[64, 64], [128, 128]]")
         return self
 
 
@@ -141,38 +148,6 @@ class Trial:
                 "config": json.loads(self.config.to_json())}
 
 
-def _format(err: ValidationError) -> list[str]:
-    problems = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            known = _fields_at(tuple(e["loc"][:-1]))
-            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
-            hint = (f" (did you mean '{close[0]}'?)" if close
-                    else f" (known keys: {', '.join(known)})")
-            problems.append(f"{path}: unknown key{hint}")
-        else:
-            value = e.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            problems.append(f"{path}: {e['msg'].removeprefix('Value error, ')}{shown}")
-    return problems
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = SweepSpec
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            if model is Variant or (isinstance(part, str) and model is dict):
-                continue
-            return sorted(getattr(model, "model_fields", {}))
-        ann = field.annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, StrictModel) else dict
-        if part == "variants":
-            model = Variant
-    return sorted(getattr(model, "model_fields", {}))
-
-
 def resolve_sweep_path(spec: str) -> Path:
     """A sweep YAML path, or the name of a file in the repository's sweeps/ folder."""
     path = Path(spec)
@@ -191,11 +166,7 @@ def is_sweep_file(raw: dict[str, Any]) -> bool:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     path = resolve_sweep_path(str(path))
-    raw = read_yaml(path)
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(str(path), _format(err)) from None
+    spec = validate(SweepSpec, read_yaml(path), str(path))
     return _with_paths_resolved(spec, path.parent)
 
 
@@ -251,7 +222,7 @@ def expand(spec: SweepSpec, smoke: bool = False) -> list[Trial]:
                     cfg = validate_raw(trial_raw, source=f"{source} ({where})")
                     if smoke:
                         cfg = cfg.smoke()
-                    if cfg.method.name == "cc":  # the pipeline's source config, checked now
+                    if is_pipeline(cfg):  # the pipeline's source config, checked now
                         source_config(cfg)
                 except ConfigError as exc:
                     problems.extend(f"{where}: {p}" for p in exc.problems)

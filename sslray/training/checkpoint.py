@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
+from sslray.atomic_file import atomic_write
 from sslray.storage import Location
 
 FORMAT_VERSION = 1
@@ -25,15 +25,8 @@ class CheckpointError(ValueError):
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary name, then rename: a crash mid-write never corrupts the last file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a lost mount, an interrupt: keep the old file only
-        tmp.unlink(missing_ok=True)
-        raise
+    """Written atomically: a crash or a full disk mid-write never corrupts the last file."""
+    atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **state}, f))
 
 
 def load_state(path: Path, method: str | None = None) -> dict[str, Any]:

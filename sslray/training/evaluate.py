@@ -7,15 +7,14 @@ pre-training them again.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from sslray.config import RunConfig
-from sslray.methods import build_method
+from sslray.data.streams import load_train_split
+from sslray.eval.evaluator import Evaluator
+from sslray.methods import MethodContext, as_module, build_method
 from sslray.storage import Location
 from sslray.training.checkpoint import load_trained_state
-from sslray.training.loop import Evaluator, load_train_split
 
 
 def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | None = None,
@@ -26,15 +25,17 @@ def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | Non
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state = load_trained_state(run, cfg.method.name)
-    data = load_train_split(cfg)
+    data = load_train_split(cfg.data)
     torch.manual_seed(cfg.seed)  # the run's initial weights, for the _init baseline
-    method: Any = build_method(cfg, num_samples=len(data)).to(device)
+    ctx = MethodContext.of(cfg, num_samples=len(data), for_training=False)
+    method = build_method(cfg.method, ctx)
+    module = as_module(method).to(device)
     evaluator = Evaluator(cfg, device, train=data)
     out: dict[str, float] = {}
     if at_init:
         out.update(evaluator(method.feature_encoder(), suffix="_init"))
         out.update(evaluator.transfer(method.feature_encoder(), suffix="_init"))
-    method.load_state_dict(state["model"])
+    module.load_state_dict(state["model"])
     encoder = method.feature_encoder()
     out.update(evaluator(encoder))
     out.update(evaluator.transfer(encoder))

@@ -9,21 +9,22 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from sslray import distributed as dist
-from sslray.config import DataConfig, RunConfig
-from sslray.data.datasets import dataset_stats, image_size, load_arrays, load_image_folder
-from sslray.data.loaders import ArrayStream, Batch, FileStream
-from sslray.data.views import BatchedViews, torchvision_crop, torchvision_views
-from sslray.eval.features import extract_features, extract_folder_features
-from sslray.eval.knn import knn_top1
-from sslray.eval.linear import linear_probe_fast, linear_probe_paper, linear_probe_paper_folder
-from sslray.methods import build_method
+from sslray.config import RunConfig
+from sslray.data.catalog import image_spec
+from sslray.data.streams import Batch, load_train_split, make_stream
+from sslray.data.views import BatchedViews
+from sslray.eval.evaluator import Evaluator
+from sslray.methods import MethodContext, SSLMethod, as_module, build_method
+from sslray.methods.protocol import TrainBatch
 from sslray.models import Backbone
 from sslray.training.optim import build_optimizer, set_impl
 from sslray.training.progress import EpochProgress
@@ -40,10 +41,10 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def sync_bn(method: nn.Module, device: torch.device) -> nn.Module:
+def sync_bn(method: SSLMethod, device: torch.device) -> SSLMethod:
     """SyncBatchNorm where the method asks for it; it runs on GPUs only (NCCL), so a CPU run
     falls back to per-worker BatchNorm and says so."""
-    if not getattr(method, "wants_sync_bn", False):
+    if not method.wants_sync_bn:
         return method
     if device.type != "cuda":
         warnings.warn(
@@ -53,7 +54,9 @@ def sync_bn(method: nn.Module, device: torch.device) -> nn.Module:
             stacklevel=2,
         )
         return method
-    return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(as_module(method))
+    assert converted is method  # a method is never a bare BN layer: converted in place
+    return method
 
 
 def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
@@ -72,17 +75,26 @@ def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
     return base
 
 
-def compile_backbones(method: nn.Module) -> int:
+def compile_backbones(method: SSLMethod) -> int:
     """torch.compile every backbone of `method` in place (online and momentum copies); returns
     how many. `nn.Module.compile` keeps the module and its state_dict keys (torch.compile(m)
     would wrap it and prefix every key with `_orig_mod.`), so checkpoints stay interchangeable.
     The backbones hold nearly all the compute; the methods' own steps (queues, shuffles,
     collectives) stay eager.
     """
-    backbones = [m for m in method.modules() if isinstance(m, Backbone)]
+    backbones = [m for m in as_module(method).modules() if isinstance(m, Backbone)]
     for m in backbones:
         m.compile()
     return len(backbones)
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What earlier pipeline stages hand a training run (never through its config): the cc
+    target's pseudo-labels, and constants to report with every epoch (cluster/nmi, source/*)."""
+
+    pseudo_labels: np.ndarray | None = None  # (N,) int64, row i labels training sample i
+    report: Mapping[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -94,23 +106,22 @@ class Trainer:
         steps_per_epoch: int,
         device: torch.device | str = "cpu",
         wrap: Callable[[nn.Module], nn.Module] | None = None,
-        num_samples: int | None = None,
+        ctx: MethodContext | None = None,
     ) -> None:
+        """`ctx`: what the method is built from besides its config (default: the run's
+        backbone and data, no training-split facts)."""
         self.cfg, self.device, self.steps_per_epoch = cfg, torch.device(device), steps_per_epoch
         torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-        # An nn.Module that satisfies SSLMethod (typed Any: nn.Module has no protocol type).
-        method = build_method(cfg, num_samples)
-        self.method: Any = sync_bn(method, self.device).to(self.device)
+        self.method = sync_bn(build_method(cfg.method, ctx or MethodContext.of(cfg)), self.device)
+        self.module = as_module(self.method).to(self.device)  # the same object, torch's view
         if cfg.train.channels_last:
-            self.method = self.method.to(memory_format=torch.channels_last)
+            self.module.to(memory_format=torch.channels_last)  # in place
         if cfg.train.compile:
             compile_backbones(self.method)
-        self.model = wrap(self.method) if wrap is not None else self.method
+        self.model = wrap(self.module) if wrap is not None else self.module
         self.bf16 = use_bf16(cfg.train.precision, self.device)
-        self.mean, self.std = dataset_stats(cfg.data.dataset)
-        self.size = image_size(cfg.data)
-        self.views = BatchedViews(self.method.view_augs, self.size, self.mean, self.std)
-        self.optimizer = build_optimizer(cfg.optim, self.method, cfg.effective_lr)
+        self.views = BatchedViews(cfg.method.view_augs, image_spec(cfg.data))
+        self.optimizer = build_optimizer(cfg.optim, self.module, cfg.effective_lr)
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimiser steps
         self.extra: dict[str, float] = {}  # values that must survive a resume (init kNN)
@@ -130,12 +141,12 @@ class Trainer:
             views = tuple(v.to(self.device, non_blocking=True) for v in batch.views)
         if self.cfg.train.channels_last:
             views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
-        batch.views = views
+        step_batch = TrainBatch(views, batch.labels, batch.index)
         lr = lr_at(self.cfg, self.step, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(batch)
+            out = self.model(step_batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -146,7 +157,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "method": self.cfg.method.name,
-            "model": self.method.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -156,7 +167,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.method.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_impl(self.optimizer, self.cfg.optim.impl)  # this run's optim.impl, not the saved one
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -169,120 +180,6 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
 
 
-class Evaluator:
-    """Frozen-feature evaluation: weighted kNN top-1 and the fast linear probe (top-1, top-5).
-
-    The training split (a labelled one) is the kNN memory and the probe's training set; the test
-    split is queried. Features are extracted once per evaluation and shared by both protocols.
-    """
-
-    def __init__(self, cfg: RunConfig, device: torch.device, train: Any = None) -> None:
-        """`train`: the already-loaded pre-training arrays, reused when they are labelled."""
-        self.cfg, self.device = cfg, device
-        self.mean, self.std = dataset_stats(cfg.data.dataset)
-        self.size = image_size(cfg.data)
-        self._transfer_cache: dict[str, tuple[Any, Any]] = {}
-        self.files = cfg.data.dataset == "imagefolder"
-        if self.files:
-            self.splits: tuple[Any, Any] = (load_image_folder(cfg.data, "train"),
-                                            load_image_folder(cfg.data, "test"))
-            self.num_classes = len(self.splits[0].classes)
-        else:
-            if train is None or cfg.data.dataset == "stl10":  # STL-10 pre-trains on unlabelled
-                train = load_arrays(cfg.data, "train", labeled=True)
-            self.splits = (train, load_arrays(cfg.data, "test"))
-            self.num_classes = train.num_classes
-
-    def features(self, encoder: nn.Module, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        bs = self.cfg.eval.batch_size
-        if self.files:
-            return extract_folder_features(encoder, data, self.size, self.mean, self.std, bs,
-                                           self.device, self.cfg.data.loader_workers)
-        feats = extract_features(encoder, data, self.size, self.mean, self.std, bs, self.device)
-        return feats, data.labels
-
-    def linear_paper(self, encoder: nn.Module) -> dict[str, float]:
-        """MoCo's linear protocol through the frozen encoder (in-memory arrays or image folders)."""
-        train, test = self.splits
-        e = self.cfg.eval
-        args = (encoder, train, test, self.size, self.mean, self.std)
-        kw: dict[str, Any] = dict(epochs=e.linear_paper_epochs, lr=e.linear_paper_lr,
-                                  device=self.device, seed=self.cfg.seed)
-        if self.files:
-            out = linear_probe_paper_folder(*args, num_workers=self.cfg.data.loader_workers, **kw)
-        else:
-            out = linear_probe_paper(*args, **kw)
-        return {f"eval/linear_paper_{k}": v for k, v in out.items()}
-
-    def _protocols(self, feats: tuple[Any, ...], num_classes: int, prefix: str,
-                   suffix: str) -> dict[str, float]:
-        """kNN (+ the fast linear probe) on cached (train_x, train_y, test_x, test_y)."""
-        e = self.cfg.eval
-        train_x, train_y, test_x, test_y = feats
-        out = {f"{prefix}knn_top1{suffix}": knn_top1(
-            train_x, train_y, test_x, test_y, k=min(e.knn_k, len(train_y)),
-            temperature=e.knn_temperature, num_classes=num_classes)}
-        if e.linear_fast:
-            probe = linear_probe_fast(train_x, train_y, test_x, test_y, num_classes)
-            out.update({f"{prefix}linear_fast_{k}{suffix}": v for k, v in probe.items()})
-        return out
-
-    def __call__(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
-        (train_x, train_y), (test_x, test_y) = (self.features(encoder, s) for s in self.splits)
-        return self._protocols((train_x, train_y, test_x, test_y), self.num_classes,
-                               "eval/", suffix)
-
-    def _transfer_splits(self, name: Any) -> tuple[Any, Any]:
-        """A transfer dataset's (train, test) arrays, loaded once per run (init and end reuse)."""
-        if name not in self._transfer_cache:
-            data_cfg = DataConfig(dataset=name, image_size=self.size)
-            self._transfer_cache[name] = (load_arrays(data_cfg, "train", labeled=True),
-                                          load_arrays(data_cfg, "test"))
-        return self._transfer_cache[name]
-
-    def transfer(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
-        """The frozen encoder on each `eval.transfer` dataset: transfer/<name>/knn_top1, ...
-
-        Images are resized to the pre-training size and normalised with their own statistics.
-        """
-        out: dict[str, float] = {}
-        bs = self.cfg.eval.batch_size
-        for name in self.cfg.eval.transfer:
-            mean, std = dataset_stats(name)
-            train, test = self._transfer_splits(name)
-            train_x = extract_features(encoder, train, self.size, mean, std, bs, self.device)
-            test_x = extract_features(encoder, test, self.size, mean, std, bs, self.device)
-            out.update(self._protocols((train_x, train.labels, test_x, test.labels),
-                                       train.num_classes, f"transfer/{name}/", suffix))
-        return out
-
-
-def load_train_split(cfg: RunConfig) -> Any:
-    """The pre-training split: in-memory arrays, or an ImageFolder read per sample."""
-    if cfg.data.dataset == "imagefolder":
-        return load_image_folder(cfg.data, "train")
-    return load_arrays(cfg.data, "train")
-
-
-def augment_on_device(cfg: DataConfig, use_gpu: bool) -> bool:
-    """Whether an image-file dataset's views are finished on the training device."""
-    return cfg.augment_on == "device" or (cfg.augment_on == "auto" and use_gpu)
-
-
-def make_stream(cfg: RunConfig, data: Any, views: tuple[Any, ...], world: int, rank: int,
-                use_gpu: bool) -> ArrayStream | FileStream:
-    per_worker = cfg.train.batch_size // world
-    if cfg.data.dataset == "imagefolder":
-        mean, std = dataset_stats("imagefolder")
-        size = image_size(cfg.data)
-        on_device = augment_on_device(cfg.data, use_gpu)
-        tfs = tuple(torchvision_crop(a, size) if on_device
-                    else torchvision_views(a, size, mean, std) for a in views)
-        return FileStream(data, tfs, per_worker, world, rank, cfg.seed,
-                          cfg.data.loader_workers, pin_memory=use_gpu, crops=on_device)
-    return ArrayStream(data, per_worker, world, rank, cfg.seed)
-
-
 def fit(
     cfg: RunConfig,
     *,
@@ -292,10 +189,12 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     on_step: Callable[[int, int], None] | None = None,
     verbose: bool = True,
+    inputs: StageInputs | None = None,
 ) -> dict[str, float]:
     """Pre-train as `cfg` says; returns the last epoch's metrics (train/*, eval/*).
 
     `resume`: a state from `Trainer.state_dict()`; training continues at its epoch.
+    `inputs`: what earlier pipeline stages produced for this run (the cc pseudo-labels).
     `on_epoch_end(metrics, trainer)`: called on every worker after each epoch (Ray reports and
     checkpoints there). `on_step(epoch, step)`: after each optimiser step (0-based indices; the
     fault-injection tests kill a worker there). train/* metrics are averaged over workers; rank 0
@@ -308,10 +207,12 @@ def fit(
             f"train.batch_size {cfg.train.batch_size} is not divisible by {world} workers"
         )
     device = torch.device(device)
-    data = load_train_split(cfg)
-    trainer = Trainer(cfg, 1, device, wrap, num_samples=len(data))
-    stream = make_stream(cfg, data, trainer.method.view_augs, world, rank, device.type == "cuda")
-    trainer.steps_per_epoch = stream.steps_per_epoch
+    inputs = inputs or StageInputs()
+    data = load_train_split(cfg.data)
+    stream = make_stream(cfg.data, data, cfg.method.view_augs, cfg.train.batch_size // world,
+                         world, rank, cfg.seed, use_gpu=device.type == "cuda")
+    ctx = MethodContext.of(cfg, num_samples=len(data), pseudo_labels=inputs.pseudo_labels)
+    trainer = Trainer(cfg, stream.steps_per_epoch, device, wrap, ctx)
     if resume is not None:
         trainer.load_state_dict(resume)
     evaluator = Evaluator(cfg, device, train=data) if rank == 0 else None
@@ -323,8 +224,8 @@ def fit(
         if cfg.eval.pixels:  # (N, 3*H*W) normalised pixels through the same probes
             trainer.extra.update(evaluator(nn.Flatten(), suffix="_pixels"))
             trainer.extra.update(evaluator.transfer(nn.Flatten(), suffix="_pixels"))
-    # Constants a method wants in every report (cc: the clustering's NMI, k, the source's kNN).
-    trainer.extra.update(getattr(trainer.method, "run_metrics", {}))
+    # Constants of earlier stages in every report (cc: the clustering's NMI, k, the source's kNN).
+    trainer.extra.update(inputs.report)
     progress = EpochProgress(
         cfg.train.epochs, stream.steps_per_epoch, enabled=verbose and rank == 0
     )

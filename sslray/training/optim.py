@@ -28,7 +28,8 @@ class LARS(torch.optim.Optimizer):
     trust ratio: plain momentum SGD.
 
     `foreach`: the same update as one set of torch._foreach_* ops per group (equal numbers, see
-    tests/test_fast_paths.py). An attribute, not a group value, so checkpoints do not carry it.
+    tests/training/test_fast_paths.py). An attribute, not a group value, so checkpoints do not
+    carry it.
     """
 
     def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.9,

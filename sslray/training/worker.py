@@ -24,9 +24,10 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.config import LoggingConfig
 
 from sslray.config import RunConfig
+from sslray.methods import SSLMethod
 from sslray.storage import Location, location
 from sslray.training.checkpoint import FINAL_FILE, STATE_FILE, load_state, save_state
-from sslray.training.loop import Trainer, fit
+from sslray.training.loop import StageInputs, Trainer, fit
 
 # Fault injection for tests: SIGKILL the rank-0 worker process once, in the middle of the epoch
 # after this one (after its first step, once this epoch's checkpoint is registered).
@@ -50,13 +51,20 @@ def _maybe_inject_fault(target: str | None, epoch: int, step: int, marker_dir: P
 
 
 def _quiet_ray_train_logs() -> None:
-    """Ray Train logs every report at INFO under a file-named logger; our epoch line says it."""
-    from ray.train.v2._internal.execution import context
+    """Ray Train logs every report at INFO under a file-named logger; our epoch line says it.
 
+    Private Ray API (the only use of `ray.train.v2._internal` in sslray): Train V2 names that
+    logger after its module file and offers no public switch for it. If the module moves in a
+    later Ray, the reports are merely logged again.
+    """
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def save_final_model(state: dict[str, Any], method: Any, run: Location, tmp: Path) -> None:
+def save_final_model(state: dict[str, Any], method: SSLMethod, run: Location, tmp: Path) -> None:
     """`final.pt` in the run directory: the trained model (no optimiser), for later stages
     (the cc pipeline's k-means) and evaluation. Written before the last report, so a trial
     that a scheduler stops right after it still has it; Ray Train local mode keeps no
@@ -64,7 +72,7 @@ def save_final_model(state: dict[str, Any], method: Any, run: Location, tmp: Pat
     model_only = {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
     save_state(model_only, tmp / FINAL_FILE)
     run.write_bytes((tmp / FINAL_FILE).read_bytes(), FINAL_FILE)
-    for name, array in getattr(method, "artifacts", {}).items():  # e.g. jigsaw permutations
+    for name, array in method.artifacts().items():  # e.g. Jigsaw++'s permutation set
         run.save_npy(array, name)
 
 
@@ -107,7 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
 
     metrics = fit(cfg, device=ray.train.torch.get_device(), wrap=wrap, resume=resume,
                   on_epoch_end=on_epoch_end, on_step=on_step,
-                  verbose=rank == 0 and config.get("verbose", True))
+                  verbose=rank == 0 and config.get("verbose", True), inputs=config.get("inputs"))
     return {**metrics, "train/resumed_from_epoch": resumed_from}
 
 
@@ -117,6 +125,7 @@ def run_training(
     *,
     callbacks: Sequence[Any] = (),
     verbose: bool = True,
+    inputs: StageInputs | None = None,
 ) -> dict[str, float]:
     """Run one pre-training run as a Ray Train job; checkpoints and results go to `run_dir`.
 
@@ -125,6 +134,7 @@ def run_training(
     `cfg.resources.workers == 0` uses Ray Train local mode; `verbose=False` silences the
     per-epoch progress lines (a sweep shows Tune's table instead). `callbacks`: Ray Train callbacks
     (a sweep passes Tune's `TuneReportCallback`, so every epoch report becomes a Tune result).
+    `inputs`: what earlier pipeline stages made for this run (shipped to every worker).
     """
     loc = run_dir if isinstance(run_dir, Location) else location(run_dir)
     parent = str(PurePosixPath(loc.path).parent)
@@ -139,6 +149,7 @@ def run_training(
             "run_dir": loc.uri,
             "fault": os.environ.get(FAULT_ENV),
             "verbose": verbose,  # read here: workers do not see the driver's env
+            "inputs": inputs,
         },
         scaling_config=ScalingConfig(
             num_workers=res.workers, use_gpu=res.use_gpu,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sslray.data.datasets import load_arrays
-from sslray.data.loaders import ArrayStream, Batch
+from sslray.data.streams import ArrayStream, Batch
 from sslray.training.checkpoint import CheckpointError, load_state, save_state
 from sslray.training.loop import Trainer
 from tests.conftest import tiny_config

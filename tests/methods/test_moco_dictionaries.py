@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslray.data.loaders import Batch
-from sslray.methods.moco import MoCo
+from sslray.data.streams import Batch
 from sslray.models import MemoryBank
 from sslray.training.loop import fit
-from tests.conftest import tiny_config
+from tests.conftest import build, tiny_config
 
 BASE = {"name": "moco", "queue_size": 64, "dim": 16}
 
@@ -25,7 +24,7 @@ def _batch(n: int = 8, size: int = 16) -> Batch:
 
 def test_end_to_end_is_in_batch_infonce_with_gradient_through_keys():
     torch.manual_seed(0)
-    model = MoCo(tiny_config(method={**BASE, "dictionary": "end_to_end", "temperature": 0.5}))
+    model = build(tiny_config(method={**BASE, "dictionary": "end_to_end", "temperature": 0.5}))
     batch = _batch()
     out = model.training_step(batch)
     with torch.no_grad():
@@ -44,8 +43,8 @@ def test_end_to_end_is_in_batch_infonce_with_gradient_through_keys():
 
 def test_memory_bank_updates_only_the_batch_rows_by_the_momentum_rule():
     torch.manual_seed(0)
-    model = MoCo(tiny_config(method={**BASE, "dictionary": "memory_bank", "bank_momentum": 0.5}),
-                 num_samples=100)
+    model = build(tiny_config(method={**BASE, "dictionary": "memory_bank", "bank_momentum": 0.5}),
+                  num_samples=100)
     before = model.bank.features.clone()
     batch = _batch()
     model.training_step(batch)
@@ -68,7 +67,7 @@ def test_memory_bank_update_rule_exact():
 
 def test_memory_bank_needs_more_samples_than_negatives():
     with pytest.raises(ValueError, match="memory_bank"):
-        MoCo(tiny_config(method={**BASE, "dictionary": "memory_bank"}), num_samples=32)
+        build(tiny_config(method={**BASE, "dictionary": "memory_bank"}), num_samples=32)
 
 
 @pytest.mark.parametrize("dictionary", ["queue", "end_to_end", "memory_bank"])
@@ -79,7 +78,7 @@ def test_each_dictionary_trains(dictionary):
 
 
 def test_momentum_zero_makes_the_key_encoder_a_copy():
-    model = MoCo(tiny_config(method={**BASE, "ema_decay": 0.0}))
+    model = build(tiny_config(method={**BASE, "ema_decay": 0.0}))
     with torch.no_grad():
         for p in model.encoder_q.parameters():
             p.mul_(1.5)

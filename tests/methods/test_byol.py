@@ -8,18 +8,42 @@ import pytest
 import torch
 from torch import nn
 
-from sslray.data.loaders import Batch
-from sslray.methods.byol import BYOL, byol_loss
+from sslray.config import RunConfig
+from sslray.data.streams import Batch
+from sslray.methods.byol import byol_loss
 from sslray.training.optim import LARS, build_optimizer
-from tests.conftest import tiny_config
+from tests.conftest import build, three_step_losses, tiny_config
 
 BYOL_TINY = {"name": "byol", "hidden_dim": 32, "proj_dim": 8, "bn": "local"}
+
+# Pinned golden values: the losses of the first 3 optimiser steps of `golden_config()` (seed 0,
+# synthetic data, CPU, fp32, deterministic algorithms), recipe of tests/training/test_resume.py.
+# If a deliberate change moves them (init, views, BYOL's step, LARS, the tau schedule, the lr
+# schedule), regenerate them from the repository root with
+#   .venv/bin/python -c "from tests.methods.test_byol import *; \
+#       print(['%.6f' % v for v in three_step_losses(golden_config())])"
+# paste the numbers here and say in the commit what moved them and why.
+GOLDEN_LOSSES = [4.461592, 3.775319, 2.637961]
+
+
+def golden_config() -> RunConfig:
+    # BYOL's own optimiser (LARS). lr 1.0 (0.125 at batch 32) and tau_base 0.9, chosen so that 3
+    # steps move the loss far (4.46 -> 2.64) and the EMA target shows: tau_base 0.996 instead
+    # moves step 3 by 1.6e-3, a fixed tau by 2e-4, lr x1.02 by 2e-2 (2x-200x the tolerance).
+    return tiny_config(method={**BYOL_TINY, "tau_base": 0.9}, optim={"name": "lars", "lr": 1.0},
+                       train={"precision": "fp32"})
 
 
 def test_byol_loss_by_hand():
     p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     z = torch.tensor([[0.6, 0.8], [0.0, 2.0]])  # cosines 0.6 and 1.0
     assert byol_loss(p, z).item() == pytest.approx(((2 - 1.2) + (2 - 2.0)) / 2)
+
+
+def test_golden_losses_of_three_steps():
+    losses = three_step_losses(golden_config())
+    # 1e-4: two runs here agree to 1e-6 (also 1 vs 2 threads); a changed step moves them more.
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=1e-4)
 
 
 def test_byol_loss_range_and_no_gradient_into_target():
@@ -34,7 +58,7 @@ def test_byol_loss_range_and_no_gradient_into_target():
 def test_step_loss_is_the_sum_of_both_symmetric_terms():
     cfg = tiny_config(method=BYOL_TINY)
     torch.manual_seed(0)
-    model = BYOL(cfg)
+    model = build(cfg)
     v1, v2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
     out = model.training_step(Batch(labels=torch.zeros(8), index=torch.arange(8), views=(v1, v2)))
     with torch.no_grad():
@@ -48,9 +72,9 @@ def test_step_loss_is_the_sum_of_both_symmetric_terms():
 
 
 def test_tau_schedules_and_target_update():
-    cosine = BYOL(tiny_config(method={**BYOL_TINY, "tau_base": 0.9}))
+    cosine = build(tiny_config(method={**BYOL_TINY, "tau_base": 0.9}))
     assert [cosine.tau(x) for x in (0.0, 0.5, 1.0)] == pytest.approx([0.9, 0.95, 1.0])
-    fixed = BYOL(tiny_config(method={**BYOL_TINY, "tau_base": 0.0, "tau_schedule": "fixed"}))
+    fixed = build(tiny_config(method={**BYOL_TINY, "tau_base": 0.0, "tau_schedule": "fixed"}))
     assert fixed.tau(0.7) == 0.0
     with torch.no_grad():
         for p in fixed.online.parameters():
@@ -61,7 +85,7 @@ def test_tau_schedules_and_target_update():
 
 
 def test_no_predictor_ablation_uses_identity():
-    model = BYOL(tiny_config(method={**BYOL_TINY, "predictor": False}))
+    model = build(tiny_config(method={**BYOL_TINY, "predictor": False}))
     assert isinstance(model.predictor, nn.Identity)
 
 
@@ -85,7 +109,7 @@ def test_lars_update_matches_formula_and_skips_excluded():
 
 def test_build_optimizer_excludes_biases_and_bn_from_lars():
     cfg = tiny_config(method=BYOL_TINY, optim={"name": "lars", "lr": 0.2})
-    model = BYOL(cfg)
+    model = build(cfg)
     opt = build_optimizer(cfg.optim, model, 0.2)
     regular, excluded = opt.param_groups
     assert all(p.ndim > 1 for p in regular["params"]) and regular["lars"]
@@ -96,5 +120,5 @@ def test_build_optimizer_excludes_biases_and_bn_from_lars():
 
 
 def test_cosine_ema_decay_is_monotone():
-    values = [BYOL(tiny_config(method=BYOL_TINY)).tau(x / 10) for x in range(11)]
+    values = [build(tiny_config(method=BYOL_TINY)).tau(x / 10) for x in range(11)]
     assert values == sorted(values) and math.isclose(values[-1], 1.0)

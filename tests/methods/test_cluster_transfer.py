@@ -12,25 +12,18 @@ import torch.nn.functional as F
 from sklearn.metrics import normalized_mutual_info_score
 
 from sslray.config_types import BackboneConfig
-from sslray.data.datasets import dataset_stats, load_arrays
-from sslray.data.loaders import Batch
+from sslray.data.catalog import image_spec
+from sslray.data.datasets import load_arrays
+from sslray.data.streams import Batch
 from sslray.data.views import eval_transform
-from sslray.eval.kmeans import (
-    CLUSTERS_FILE,
-    PSEUDO_LABELS_FILE,
-    PseudoLabels,
-    cluster_scores,
-    kmeans,
-    load_pseudo_labels,
-    nmi,
-    purity,
-)
-from sslray.methods.cluster_transfer import ClusterTransfer
-from sslray.methods.supervised import Supervised
+from sslray.eval.kmeans import kmeans, nmi, purity
+from sslray.methods.cluster_transfer import check_pseudo_labels
 from sslray.models import build_backbone
 from sslray.models.taps import LayerFeatures, available_layers
-from sslray.training.loop import fit
-from tests.conftest import tiny_config
+from sslray.pipeline import CLUSTERS_JSON, PSEUDO_LABELS, Clusters
+from sslray.storage import location
+from sslray.training.loop import StageInputs, fit
+from tests.conftest import build, tiny_config
 
 # ---------------------------------------------------------------- k-means
 
@@ -124,29 +117,30 @@ def test_nmi_and_purity_hand_cases():
         nmi(np.zeros(3), np.zeros(4))
 
 
-def test_cluster_scores_skip_unlabelled_rows():
-    pred = np.array([0, 0, 1, 1, 1])
-    assert cluster_scores(pred, np.array([3, 3, 4, 4, -1])) == {"nmi": 1.0, "purity": 1.0}
-    assert cluster_scores(pred, torch.full((5,), -1)) == {}
-
-
-def test_pseudo_labels_round_trip(tmp_path):
+def test_clusters_round_trip_on_storage(tmp_path):
+    """The pipeline's one pseudo-label I/O: Clusters.save / Clusters.load on a Location."""
     x, y = blobs(n=20, k=3)
     r = kmeans(x, 3, seed=0, nredo=5, use_gpu=False)
-    pl = PseudoLabels.from_kmeans(r, seed=0, source="runs/src", truth=y, layer="final")
-    npy = pl.save(tmp_path / "cc")
-    assert npy == tmp_path / "cc" / PSEUDO_LABELS_FILE
-    assert sorted(p.name for p in npy.parent.iterdir()) == [CLUSTERS_FILE, PSEUDO_LABELS_FILE]
-    back = PseudoLabels.load(npy.parent, expected_len=60)
-    assert np.array_equal(back.labels, r.labels) and back.info == pl.info
-    info = json.loads((npy.parent / CLUSTERS_FILE).read_text())
+    stats = {"k": 3, "n": 60, "sizes": r.sizes.tolist(), "nmi": nmi(r.labels, y),
+             "purity": purity(r.labels, y), "source": "runs/src", "layer": "final",
+             "source_metrics": {"eval/knn_top1": 0.5}, "wall_s": 2.0}
+    out = location(tmp_path / "cc")
+    Clusters(r.labels, stats).save(out)
+    assert sorted(p.name for p in (tmp_path / "cc").iterdir()) == [CLUSTERS_JSON, PSEUDO_LABELS]
+    back = Clusters.load(out, k=3)
+    assert np.array_equal(back.labels, r.labels) and back.labels.dtype == np.int64
+    assert back.stats == stats
+    info = json.loads((tmp_path / "cc" / CLUSTERS_JSON).read_text())
     assert info["k"] == 3 and info["sizes"] == [20, 20, 20] and info["nmi"] == 1.0
     assert info["source"] == "runs/src" and info["layer"] == "final" and info["n"] == 60
+    assert back.report() == {"cluster/nmi": 1.0, "cluster/purity": 1.0, "cluster/k": 3.0,
+                             "cluster/wall_s": 2.0, "source/eval/knn_top1": 0.5}
     with pytest.raises(ValueError, match="holds 60 pseudo-labels but the training split has 61"):
-        load_pseudo_labels(npy, 61)
-    np.save(tmp_path / "neg.npy", np.array([0, -1]))
+        check_pseudo_labels(back.labels, 61, 3, "pl.npy")
     with pytest.raises(ValueError, match="must be >= 0"):
-        load_pseudo_labels(tmp_path / "neg.npy")
+        check_pseudo_labels(np.array([0, -1]), None, 3, "neg.npy")
+    with pytest.raises(ValueError, match="1-D integer array"):
+        check_pseudo_labels(np.zeros((2, 2)), None, 3, "2d.npy")
 
 
 # ---------------------------------------------------------------- layer taps
@@ -195,8 +189,7 @@ def test_layer_features_torchvision_and_alexnet():
 
 def _views(cfg, n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_arrays(cfg.data, "train")
-    mean, std = dataset_stats(cfg.data.dataset)
-    x = eval_transform(data.images[start : start + n], cfg.data.image_size, mean, std)
+    x = eval_transform(data.images[start : start + n], image_spec(cfg.data))
     return x, data.labels[start : start + n]
 
 
@@ -215,7 +208,7 @@ def _steps(model, batch: Batch, n: int, lr: float = 0.2) -> list[float]:
 def test_supervised_initial_loss_is_log_classes_and_falls():
     torch.manual_seed(0)
     cfg = tiny_config(method={"name": "supervised"})
-    model = Supervised(cfg, 128)
+    model = build(cfg, num_samples=128)
     assert model.num_classes == 4 and model.classifier.out_features == 4
     x, y = _views(cfg, 32)
     batch = Batch(labels=y, index=torch.arange(32), views=(x,))
@@ -239,28 +232,31 @@ def test_supervised_fit_learns_the_synthetic_classes():
 
 
 def test_supervised_class_count_and_unlabelled_data():
-    assert Supervised(tiny_config(method={"name": "supervised", "num_classes": 7})).num_classes == 7
-    cfg = tiny_config(method={"name": "supervised"}, data={"dataset": "stl10"})
-    with pytest.raises(ValueError, match="stl10.*unlabelled split"):
-        Supervised(cfg)
+    assert build(tiny_config(method={"name": "supervised", "num_classes": 7})).num_classes == 7
+    with pytest.raises(ValueError, match="stl10.*unlabelled split"):  # refused at validation
+        tiny_config(method={"name": "supervised"}, data={"dataset": "stl10"})
 
 
 # ---------------------------------------------------------------- cluster classification
 
 
-def _cc_config(path, k: int = 8, **method):
-    return tiny_config(method={"name": "cc", "source": "tiny", "k": k,
-                               "pseudo_labels": str(path) if path else None, **method})
+def _cc_config(k: int = 8, **method):
+    return tiny_config(method={"name": "cc", "source": "tiny", "k": k, **method})
+
+
+def _cc(labels, k: int = 8, n: int = 128):
+    """The cc module as the pipeline's target stage builds it: pseudo-labels in its context."""
+    return build(_cc_config(k), num_samples=n,
+                 pseudo_labels=None if labels is None else np.asarray(labels))
 
 
 def test_cc_trains_against_the_rows_batch_index_picks(tmp_path):
     torch.manual_seed(0)
     labels = (np.arange(128) * 5 + 3) % 8  # known, not aligned with the true labels
-    np.save(tmp_path / "pl.npy", labels)
-    model = ClusterTransfer(_cc_config(tmp_path / "pl.npy"), 128)
+    model = _cc(labels)
     index = torch.tensor([5, 17, 3, 100, 64, 9])
     assert model.targets(index).tolist() == labels[index.numpy()].tolist() == [4, 0, 2, 7, 3, 0]
-    x, _ = _views(_cc_config(None), 6)
+    x, _ = _views(_cc_config(), 6)
     true_labels = torch.zeros(6, dtype=torch.long)  # must be ignored
     batch = Batch(labels=true_labels, index=index, views=(x,))
     out = model.training_step(batch)
@@ -272,32 +268,30 @@ def test_cc_trains_against_the_rows_batch_index_picks(tmp_path):
     assert float(out.metrics["train_acc"]) == pytest.approx(
         float((logits.argmax(1) == target).float().mean()))
     # the pseudo-labels are learnable: a few steps on one batch fit them
-    x16, _ = _views(_cc_config(None), 16)
+    x16, _ = _views(_cc_config(), 16)
     losses = _steps(model, Batch(labels=torch.zeros(16), index=torch.arange(16), views=(x16,)), 25)
     assert losses[0] == pytest.approx(math.log(8), abs=0.02) and losses[-1] < 0.6 * losses[0]
 
 
-def test_cc_pseudo_labels_travel_with_the_checkpoint(tmp_path):
-    np.save(tmp_path / "a.npy", np.arange(128) % 8)
-    np.save(tmp_path / "b.npy", np.zeros(128, dtype=np.int64))
-    a = ClusterTransfer(_cc_config(tmp_path / "a.npy"), 128)
-    b = ClusterTransfer(_cc_config(tmp_path / "b.npy"), 128)
+def test_cc_pseudo_labels_travel_with_the_checkpoint():
+    a = _cc(np.arange(128) % 8)
+    b = _cc(np.zeros(128, dtype=np.int64))
     b.load_state_dict(a.state_dict())  # a resume restores the labels the run started with
     assert torch.equal(b.pseudo_labels, torch.arange(128) % 8)
+    # an evaluation rebuilds the module without stage inputs; the checkpoint fills the buffer
+    c = build(_cc_config(), num_samples=128, for_training=False)
+    c.load_state_dict(a.state_dict())
+    assert torch.equal(c.pseudo_labels, torch.arange(128) % 8)
 
 
-def test_cc_errors_say_to_run_the_pipeline(tmp_path):
-    with pytest.raises(ValueError, match=r"method.pseudo_labels is not set.*sslray run"):
-        ClusterTransfer(_cc_config(None), 128)
-    with pytest.raises(FileNotFoundError, match=r"missing.npy does not exist.*sslray run"):
-        ClusterTransfer(_cc_config(tmp_path / "missing.npy"), 128)
-    np.save(tmp_path / "short.npy", np.zeros(100, dtype=np.int64))
+def test_cc_errors_say_to_run_the_pipeline():
+    with pytest.raises(ValueError, match=r"no pseudo-labels to train on.*sslray run"):
+        _cc(None)
     with pytest.raises(ValueError, match=r"holds 100 pseudo-labels but the training split has "
                                          r"128.*train_subset.*sslray run"):
-        ClusterTransfer(_cc_config(tmp_path / "short.npy"), 128)
-    np.save(tmp_path / "big.npy", np.full(128, 9))
+        _cc(np.zeros(100, dtype=np.int64))
     with pytest.raises(ValueError, match="labels up to 9 but method.k is 8"):
-        ClusterTransfer(_cc_config(tmp_path / "big.npy"), 128)
+        _cc(np.full(128, 9))
     with pytest.raises(Exception, match=r"method.source"):
         tiny_config(method={"name": "cc"})  # source is required
 
@@ -310,11 +304,9 @@ def test_cc_end_to_end_from_kmeans_of_source_features(tmp_path):
     cfg = tiny_config()
     data = load_arrays(cfg.data, "train")
     source = build_backbone(cfg.backbone)  # a random-init source is enough to test the plumbing
-    mean, std = dataset_stats(cfg.data.dataset)
-    feats = extract_features(LayerFeatures(source, "stage-2"), data, 16, mean, std)
+    feats = extract_features(LayerFeatures(source, "stage-2"), data, image_spec(cfg.data))
     result = kmeans(feats, 8, seed=0, use_gpu=False)
-    npy = PseudoLabels.from_kmeans(result, seed=0, source="tiny", truth=data.labels).save(tmp_path)
-    cc = _cc_config(npy, head="mlp", hidden_dim=16)
+    cc = _cc_config(head="mlp", hidden_dim=16)
     metrics = fit(cc.model_copy(update={"train": cc.train.model_copy(update={"epochs": 1})}),
-                  verbose=False)
+                  verbose=False, inputs=StageInputs(pseudo_labels=result.labels))
     assert math.isfinite(metrics["train/loss"]) and 0 <= metrics["train/train_acc"] <= 1

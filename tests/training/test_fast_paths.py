@@ -118,8 +118,8 @@ def test_trainer_resume_applies_the_configured_impl():
 
 @pytest.mark.parametrize("optim", [{"name": "sgd"}, {"name": "lars", "lr": 0.3}])
 def test_optim_impl_keeps_the_training_trajectory(optim):
-    from tests.test_byol import BYOL_TINY
-    from tests.test_resume import _three_step_losses
+    from tests.methods.test_byol import BYOL_TINY
+    from tests.training.test_resume import _three_step_losses
 
     runs = [_three_step_losses(tiny_config(method=BYOL_TINY, optim={**optim, "impl": impl}))
             for impl in ("loop", "foreach")]
@@ -135,7 +135,7 @@ def test_compile_keeps_the_loss_trajectory_and_the_checkpoint_keys():
     trainer's checkpoint loads into an eager one. 5-30 s on 2 CPU cores (the compile; less with
     inductor's on-disk cache warm)."""
     from sslray.training.loop import Trainer, compile_backbones
-    from tests.test_resume import _three_step_losses
+    from tests.training.test_resume import _three_step_losses
 
     eager_cfg = tiny_config(backbone={"blocks": [1]})
     eager, eager_state = _three_step_losses(eager_cfg)
@@ -154,32 +154,34 @@ IDENTITY_AUG = {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.
 def _folder_views(root, augment_on: str, augment: dict | None = None):
     """The first training batch's views of the PNG folder at `root`, 16 px, as the trainer
     makes them with `data.augment_on`; and the batch itself."""
-    from sslray.data.datasets import dataset_stats
+    from sslray.data.catalog import image_spec
+    from sslray.data.streams import load_train_split, make_stream
     from sslray.data.views import BatchedViews
-    from sslray.training.loop import load_train_split, make_stream
 
     cfg = tiny_config(data={"dataset": "imagefolder", "root": str(root), "image_size": 16,
                             "loader_workers": 0, "augment_on": augment_on},
                       method={"augment": augment or {}}, train={"batch_size": 8})
     augs = (cfg.method.augment,) * 2
-    stream = make_stream(cfg, load_train_split(cfg), augs, 1, 0, use_gpu=False)
+    stream = make_stream(cfg.data, load_train_split(cfg.data), augs, 8, 1, 0, cfg.seed,
+                         use_gpu=False)
     batch = next(iter(stream.epoch(0)))
     if batch.crops is None:
         assert batch.views is not None
         return batch.views, batch
-    return BatchedViews(augs, 16, *dataset_stats("imagefolder")).from_crops(batch.crops), batch
+    return BatchedViews(augs, image_spec(cfg.data)).from_crops(batch.crops), batch
 
 
 def test_device_augmentation_ships_uint8_crops_and_makes_normalised_views(tmp_path):
-    from sslray.data.datasets import dataset_stats
-    from tests.test_knn import _write_colour_folder
+    from sslray.data.catalog import dataset_info
+    from tests.eval.test_eval import _write_colour_folder
 
     _write_colour_folder(tmp_path)  # 20 px PNGs, 3 classes
     torch.manual_seed(0)
     views, batch = _folder_views(tmp_path, "device")  # MoCo v2 augmentations
     assert batch.views is None and batch.crops is not None
     assert all(c.dtype == torch.uint8 and c.shape == (8, 3, 16, 16) for c in batch.crops)
-    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in dataset_stats("imagefolder"))
+    info = dataset_info("imagefolder")
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in (info.mean, info.std))
     for v in views:
         assert v.dtype == torch.float32 and v.shape == (8, 3, 16, 16)
         assert (v >= (0 - mean) / std - 1e-5).all() and (v <= (1 - mean) / std + 1e-5).all()
@@ -187,7 +189,7 @@ def test_device_augmentation_ships_uint8_crops_and_makes_normalised_views(tmp_pa
 
 
 def test_device_augmentation_without_random_ops_equals_the_loader_path(tmp_path):
-    from tests.test_knn import _write_colour_folder
+    from tests.eval.test_eval import _write_colour_folder
 
     _write_colour_folder(tmp_path)
     on_loader, b1 = _folder_views(tmp_path, "loader", IDENTITY_AUG)
@@ -201,7 +203,7 @@ def test_device_augmentation_without_random_ops_equals_the_loader_path(tmp_path)
 
 def test_augment_on_auto_means_device_on_gpu_only():
     from sslray.config import DataConfig
-    from sslray.training.loop import augment_on_device
+    from sslray.data.streams import augment_on_device
 
     assert augment_on_device(DataConfig(), use_gpu=True)
     assert not augment_on_device(DataConfig(), use_gpu=False)
@@ -212,7 +214,7 @@ def test_augment_on_auto_means_device_on_gpu_only():
 def test_fit_on_an_image_folder_with_device_augmentation(tmp_path, monkeypatch):
     from sslray.data.views import BatchedViews
     from sslray.training.loop import fit
-    from tests.test_knn import _write_colour_folder
+    from tests.eval.test_eval import _write_colour_folder
 
     calls = []
     from_crops = BatchedViews.from_crops

@@ -19,7 +19,7 @@ from sslray.config import ConfigError
 from sslray.sweep.spec import SWEEPS_DIR, expand, grid_points, load_sweep, max_concurrent
 from tests.conftest import FAST_RAY_ENV, tiny_raw
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_sweep(tmp_path: Path, **fields: Any) -> Path:
@@ -83,7 +83,7 @@ def test_bad_keys_and_values_name_the_trial_and_the_dotted_path(tmp_path: Path) 
         load_sweep(write_sweep(tmp_path, sceduler={"name": "asha"}))
     with pytest.raises(ConfigError, match="resources.workers"):
         load_sweep(write_sweep(tmp_path, resources={"workers": 0}))
-    msg = problems(write_sweep(tmp_path, variants={"x": {"base": "no_such_config"}}))
+    msg = problems(write_sweep(tmp_path, base=None, variants={"x": {"base": "no_such_config"}}))
     assert "variants.x.base" in msg and "no_such_config" in msg
     msg = problems(write_sweep(tmp_path, variants={"x": {"set": {"method.name": "simclr"}}}))
     assert "unknown method 'simclr'" in msg
@@ -250,3 +250,19 @@ def test_restore_after_the_driver_is_killed(tmp_path: Path) -> None:
     # The first trial was not run again: no new Tune results, its Train run finished once.
     assert [r["epoch"] for r in result_lines(first)] == [1, 2]
     assert len(train_results[0].read_text().splitlines()) == 1
+
+
+def test_a_top_level_base_no_variant_uses_is_an_error(tmp_path: Path) -> None:
+    """Every variant names its own base: a top-level `base` (here one that does not even exist)
+    would be silently ignored, so it is refused, naming the key and the file."""
+    from sslray.cli.main import main
+
+    path = write_sweep(tmp_path, base="no_such_config",
+                       variants={"x": {"base": tiny_raw()}, "y": {"base": tiny_raw()}})
+    with pytest.raises(ConfigError, match=r"base: is never used: every variant names its own"):
+        load_sweep(path)
+    assert main(["validate", str(path)]) == 2
+    # used by one variant, a missing base is reported under its key
+    msg = problems(write_sweep(tmp_path, base="no_such_config",
+                               variants={"x": {"base": tiny_raw()}, "y": {}}))
+    assert "base: " in msg and "no_such_config" in msg

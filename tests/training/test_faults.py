@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from sslray.atomic_file import temp_path
 from sslray.storage import location
 from sslray.training.checkpoint import (
     FINAL_FILE,
@@ -39,7 +40,7 @@ def test_disk_full_mid_checkpoint_keeps_the_previous_one(tmp_path: Path) -> None
     path = tmp_path / STATE_FILE
     save_state(_state(1), path)
     # The temporary file sits on a "disk" that is full: the write fails part-way.
-    (tmp_path / (STATE_FILE + ".tmp")).symlink_to(DEV_FULL)
+    temp_path(path).symlink_to(DEV_FULL)
     with pytest.raises((OSError, RuntimeError)):
         save_state(_state(2), path)
     assert load_state(path, "moco")["epoch"] == 1  # the previous checkpoint is intact
@@ -53,7 +54,7 @@ def test_disk_full_mid_write_keeps_run_files(tmp_path: Path) -> None:
     """config.json, result.json, final.pt go through Location.write_bytes: the same guarantee."""
     run = location(tmp_path)
     run.write_text('{"epoch": 1}\n', "result.json")
-    (tmp_path / f"result.json.tmp{os.getpid()}").symlink_to(DEV_FULL)
+    temp_path(tmp_path / "result.json").symlink_to(DEV_FULL)
     with pytest.raises(OSError):
         run.append_line('{"epoch": 2}', "result.json")
     assert run.read_text("result.json") == '{"epoch": 1}\n'
@@ -232,7 +233,7 @@ class _Evil:
 def test_a_dataset_root_with_the_wrong_files(tmp_path: Path) -> None:
     """The labels file copied over the images: the loader names both files and the shapes."""
     from sslray.data.datasets import DatasetError, load_idx_dataset
-    from tests.test_data import _fake_mnist
+    from tests.data.test_datasets import _fake_mnist
 
     _fake_mnist(tmp_path)
     images = tmp_path / "train-images-idx3-ubyte.gz"

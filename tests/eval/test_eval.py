@@ -5,7 +5,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from sslray.data.catalog import ImageSpec
 from sslray.eval.knn import knn_classify, knn_top1
+
+SPEC = ImageSpec(16, (0.5,) * 3, (0.25,) * 3)  # what the probes' tiny encoders see
 
 
 def test_knn_exact_on_well_separated_clusters():
@@ -90,7 +93,7 @@ def test_linear_probe_paper_leaves_the_encoder_untouched_and_learns():
     encoder.train()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     train, test = make_synthetic(256, 4, 16, seed=1), make_synthetic(64, 4, 16, seed=2)
-    out = linear_probe_paper(encoder, train, test, 16, (0.5,) * 3, (0.25,) * 3, epochs=10,
+    out = linear_probe_paper(encoder, train, test, SPEC, epochs=10,
                              lr=1.0, batch_size=32)
     assert out["top1"] > 0.25 and "top5" not in out  # above chance; 4 classes: no top-5
     assert encoder.training  # mode restored
@@ -140,7 +143,7 @@ def _folder_probe(root, encoder, seed: int = 0, num_workers: int = 0):
 
     train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
     torch.manual_seed(0)  # the augmentations (in-process) and the head's init
-    out = linear_probe_paper_folder(encoder, train, test, 16, (0.5,) * 3, (0.25,) * 3, epochs=4,
+    out = linear_probe_paper_folder(encoder, train, test, SPEC, epochs=4,
                                     lr=1.0, batch_size=8, seed=seed, num_workers=num_workers)
     assert train.transform is None  # the caller's folder is not modified
     return out
@@ -192,8 +195,8 @@ def test_linear_probe_paper_folder_agrees_with_the_in_memory_probe(tmp_path):
         return ImageArrays(images, torch.tensor(folder.targets), len(folder.classes), "colours")
 
     torch.manual_seed(0)
-    in_memory = linear_probe_paper(encoder, arrays("train"), arrays("val"), 16, (0.5,) * 3,
-                                   (0.25,) * 3, epochs=4, lr=1.0, batch_size=8)
+    in_memory = linear_probe_paper(encoder, arrays("train"), arrays("val"), SPEC, epochs=4,
+                                   lr=1.0, batch_size=8)
     from_files = _folder_probe(tmp_path, encoder)
     assert in_memory["top1"] >= 0.9 and from_files["top1"] >= 0.9
 

@@ -9,16 +9,33 @@ import numpy as np
 import pytest
 import torch
 
-from sslray.config import ConfigError
+from sslray.config import ConfigError, RunConfig
 from sslray.config_types import BackboneConfig
 from sslray.data.jigsaw import load_or_make_permutations, make_permutations, make_puzzles
 from sslray.methods.jigsaw_pp import JigsawPP, jigsaw_loss
 from sslray.models import build_backbone
-from tests.conftest import tiny_config
+from tests.conftest import build, three_step_losses, tiny_config
 
 TINY_JIGSAW = {"name": "jigsaw_pp", "num_permutations": 100, "crop_size": 24, "tile_size": 6,
                "jitter": 1, "channel_shift_px": 1, "tile_dim": 16, "hidden_dim": 32,
                "dropout": 0.0}
+
+# Pinned golden values: the losses of the first 3 optimiser steps of `golden_config()` (seed 0,
+# synthetic data, CPU, fp32, deterministic algorithms), recipe of tests/training/test_resume.py.
+# If a deliberate change moves them (init, views, the permutation set, puzzle cutting and its RNG
+# draws, the network, SGD, the lr schedule), regenerate them from the repository root with
+#   .venv/bin/python -c "from tests.methods.test_jigsaw_pp import *; \
+#       print(['%.6f' % v for v in three_step_losses(golden_config())])"
+# paste the numbers here and say in the commit what moved them and why.
+GOLDEN_LOSSES = [2.322694, 2.319069, 2.317220]
+
+
+def golden_config() -> RunConfig:
+    # 10 permutations and lr 2.0 (0.25 at batch 32), chosen so that the 3 steps react to the
+    # optimiser: lr x1.1 moves steps 2-3 by 3.4e-4 (with 100 permutations and lr 0.5 the loss
+    # stays near log 100 and lr x1.1 moves it by < 1e-4, under the tolerance).
+    return tiny_config(method={**TINY_JIGSAW, "num_permutations": 10}, optim={"lr": 2.0},
+                       train={"precision": "fp32"})
 
 
 def min_hamming(perms: np.ndarray) -> int:
@@ -168,7 +185,24 @@ def test_per_tile_normalisation_and_grayscale():
 
 
 def tiny_model(**method) -> JigsawPP:
-    return JigsawPP(tiny_config(method={**TINY_JIGSAW, **method}))
+    return build(tiny_config(method={**TINY_JIGSAW, **method}))
+
+
+def test_jigsaw_loss_by_hand():
+    # Row 0: softmax of log([1, 2, 1]) is [1/4, 1/2, 1/4], label 1 -> -log(1/2) = log 2.
+    # Row 1: equal logits, label 2 -> log 3. The loss is their mean.
+    logits = torch.tensor([[0.0, math.log(2.0), 0.0], [5.0, 5.0, 5.0]])
+    labels = torch.tensor([1, 2])
+    assert jigsaw_loss(logits, labels).item() == pytest.approx(
+        (math.log(2) + math.log(3)) / 2, abs=1e-6)
+    loss = jigsaw_loss(logits.bfloat16(), labels)  # fp32 even for bf16 logits
+    assert loss.dtype == torch.float32
+
+
+def test_golden_losses_of_three_steps():
+    losses = three_step_losses(golden_config())
+    # 1e-4: two runs here agree to 1e-6 (also 1 vs 2 threads); a changed step moves them more.
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=1e-4)
 
 
 def test_loss_at_init_is_log_p():
@@ -216,7 +250,7 @@ def test_training_step_metrics_and_state_dict_keeps_the_permutation_set():
     assert not torch.equal(other.permutations, model.permutations)
     other.load_state_dict(state)  # a resumed run uses the checkpoint's set
     assert torch.equal(other.permutations, model.permutations)
-    assert other.feature_encoder() is other.backbone and model.view_augs == (model.cfg.augment,)
+    assert other.feature_encoder() is other.backbone and model.cfg.view_augs == (model.cfg.augment,)
 
 
 def test_config_geometry_errors_name_the_keys():

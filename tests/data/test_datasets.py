@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sslray.config_types import AugmentConfig
+from sslray.data.catalog import ImageSpec
 from sslray.data.datasets import (
     DEBIAN_FASHION_MNIST,
     DatasetError,
@@ -18,7 +19,7 @@ from sslray.data.datasets import (
     make_synthetic,
     read_idx,
 )
-from sslray.data.loaders import ArrayStream, shard_steps
+from sslray.data.streams import ArrayStream, shard_steps
 from sslray.data.views import BatchedViews, eval_transform, torchvision_views
 from tests.conftest import tiny_config
 
@@ -98,7 +99,7 @@ def test_synthetic_is_deterministic_and_seeded():
 def test_batched_views_replicate_gray_to_rgb_and_vary_per_sample():
     torch.manual_seed(0)
     images = make_synthetic(16, 4, 16, seed=1).images  # (16, 1, 16, 16)
-    views = BatchedViews((AugmentConfig(), AugmentConfig()), 16, (0.5,) * 3, (0.25,) * 3)
+    views = BatchedViews((AugmentConfig(), AugmentConfig()), ImageSpec(16, (0.5,) * 3, (0.25,) * 3))
     v1, v2 = views(images)
     assert v1.shape == v2.shape == (16, 3, 16, 16)
     assert not torch.allclose(v1, v2)
@@ -108,19 +109,19 @@ def test_batched_views_without_augmentation_is_the_eval_transform():
     images = make_synthetic(8, 4, 16, seed=1).images
     identity = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0,
                              jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
-    stats = ((0.5,) * 3, (0.25,) * 3)
-    (view,) = BatchedViews((identity,), 16, *stats)(images)
-    assert torch.allclose(view, eval_transform(images, 16, *stats), atol=1e-5)
+    spec = ImageSpec(16, (0.5,) * 3, (0.25,) * 3)
+    (view,) = BatchedViews((identity,), spec)(images)
+    assert torch.allclose(view, eval_transform(images, spec), atol=1e-5)
 
 
 def test_batched_flip_and_solarize():
     x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(2, 1, 1, 1) * 16
     flip = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=1.0,
                          jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
-    (v,) = BatchedViews((flip,), 4, (0.0,) * 3, (1.0,) * 3)(x)
+    (v,) = BatchedViews((flip,), ImageSpec(4, (0.0,) * 3, (1.0,) * 3))(x)
     assert torch.allclose(v[0, 0], x[0, 0].float().flip(-1) / 255, atol=1e-5)
     sol = flip.model_copy(update={"flip_p": 0.0, "solarize_p": 1.0})
-    (s,) = BatchedViews((sol,), 4, (0.0,) * 3, (1.0,) * 3)(x)
+    (s,) = BatchedViews((sol,), ImageSpec(4, (0.0,) * 3, (1.0,) * 3))(x)
     xf = x[0, 0].float() / 255
     assert torch.allclose(s[0, 0], torch.where(xf >= 0.5, 1 - xf, xf), atol=1e-5)
 
@@ -128,7 +129,7 @@ def test_batched_flip_and_solarize():
 def test_torchvision_views_moco_v1_v2_shapes():
     img = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
     for aug in (AugmentConfig.moco_v1(), AugmentConfig.moco_v2()):
-        out = torchvision_views(aug, 24, (0.5,) * 3, (0.25,) * 3)(img)
+        out = torchvision_views(aug, ImageSpec(24, (0.5,) * 3, (0.25,) * 3))(img)
         assert out.shape == (3, 24, 24) and out.dtype == torch.float32
 
 

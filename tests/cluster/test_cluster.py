@@ -33,7 +33,7 @@ import yaml
 
 from tests.conftest import FAST_RAY_ENV, tiny_config, tiny_raw
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 BIN = Path(sys.executable).parent
 CLOUD_YAMLS = [CLUSTER / "aws.yaml", CLUSTER / "gcp.yaml"]
@@ -457,7 +457,8 @@ def multinode_scenario(out: Path, run_dir: Path) -> None:
     watch_groups()
     result["checkpoint_s"] = time.time() - start
     victim = nodes[0]
-    cluster.remove_node(victim, allow_graceful=False)  # main thread (notes 4a)
+    # main thread only (docs/ray.md#multi-node-on-one-machine)
+    cluster.remove_node(victim, allow_graceful=False)
     result["removed"] = victim.node_id
     new = cluster.add_node(num_cpus=1)
     result["added"] = new.node_id
@@ -478,7 +479,8 @@ def test_two_nodes_one_worker_each_and_a_lost_node_resumes(tmp_path: Path) -> No
     out, run_dir = tmp_path / "multinode.json", tmp_path / "run"
     run_dir.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from tests.test_cluster import multinode_scenario as m;"
+        [sys.executable, "-c", "import sys;"
+         " from tests.cluster.test_cluster import multinode_scenario as m;"
          " from pathlib import Path; m(Path(sys.argv[1]), Path(sys.argv[2]))",
          str(out), str(run_dir)],
         env=ray_env(tmp), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -14,7 +14,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sslray.data.datasets import ImageArrays
+from sslray.config_types import AugmentConfig, DataConfig
+from sslray.data.catalog import dataset_info, image_spec
+from sslray.data.datasets import ImageArrays, load_arrays, load_image_folder
+from sslray.data.views import torchvision_crop, torchvision_views
 
 
 @dataclass
@@ -142,3 +145,32 @@ class FileStream:
                 yield Batch(labels=labels, index=index, crops=tuple(views))
             else:
                 yield Batch(labels=labels, index=index, views=tuple(views))
+
+
+TrainSplit = Any  # ImageArrays (in memory), or a torchvision ImageFolder read per sample
+
+
+def load_train_split(cfg: DataConfig) -> TrainSplit:
+    """The pre-training split: in-memory arrays, or an ImageFolder read per sample."""
+    if dataset_info(cfg.dataset).files:
+        return load_image_folder(cfg, "train")
+    return load_arrays(cfg, "train")
+
+
+def augment_on_device(cfg: DataConfig, use_gpu: bool) -> bool:
+    """Whether an image-file dataset's views are finished on the training device."""
+    return cfg.augment_on == "device" or (cfg.augment_on == "auto" and use_gpu)
+
+
+def make_stream(cfg: DataConfig, data: TrainSplit, views: tuple[AugmentConfig, ...],
+                per_worker: int, world: int, rank: int, seed: int,
+                use_gpu: bool) -> ArrayStream | FileStream:
+    """One worker's training stream: batches of `per_worker` images of its shard."""
+    if dataset_info(cfg.dataset).files:
+        on_device = augment_on_device(cfg, use_gpu)
+        spec = image_spec(cfg)
+        tfs = tuple(torchvision_crop(a, spec.size) if on_device else torchvision_views(a, spec)
+                    for a in views)
+        return FileStream(data, tfs, per_worker, world, rank, seed, cfg.loader_workers,
+                          pin_memory=use_gpu, crops=on_device)
+    return ArrayStream(data, per_worker, world, rank, seed)

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import eval_throughput, peer_compare, summarize, train_throughput
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOY = ["--batch", "16", "--steps", "1", "--epochs", "2", "--size", "16", "--width", "4"]
 COMMON_KEYS = {"bench", "git_rev", "torch", "cpu", "cores", "timestamp", "command"}
 TRAIN_KEYS = COMMON_KEYS | {"method", "mode", "images_per_s", "steps", "batch", "epochs",

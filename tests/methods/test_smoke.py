@@ -7,8 +7,8 @@ import math
 import pytest
 
 from sslray.methods import METHODS
-from sslray.training.loop import fit
-from tests.conftest import tiny_config
+from sslray.training.loop import StageInputs, fit
+from tests.conftest import build, tiny_config
 
 # Tiny settings per method; a method registered without an entry here fails the test below.
 SMOKE_METHOD = {
@@ -22,19 +22,14 @@ SMOKE_METHOD = {
 }
 
 
-def smoke_method(name, tmp_path):
-    """SMOKE_METHOD[name]; cc also gets the pseudo-labels file the pipeline would write (here
-    the synthetic training split's true labels, so its kNN must beat chance too)."""
-    method = dict(SMOKE_METHOD[name])
-    if name == "cc":
-        import numpy as np
+def smoke_inputs(name: str) -> StageInputs | None:
+    """What earlier pipeline stages would hand the method: cc gets pseudo-labels (here the
+    synthetic training split's true labels, so its kNN must beat chance too)."""
+    if name != "cc":
+        return None
+    from sslray.data.datasets import load_arrays
 
-        from sslray.data.datasets import load_arrays
-
-        labels = load_arrays(tiny_config().data, "train").labels.numpy()
-        np.save(tmp_path / "pseudo_labels.npy", labels)
-        method["pseudo_labels"] = str(tmp_path / "pseudo_labels.npy")
-    return method
+    return StageInputs(pseudo_labels=load_arrays(tiny_config().data, "train").labels.numpy())
 
 
 def test_every_registered_method_has_a_smoke_config():
@@ -42,10 +37,11 @@ def test_every_registered_method_has_a_smoke_config():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_smoke_train(name, tmp_path):
-    cfg = tiny_config(method=smoke_method(name, tmp_path), train={"epochs": 2, "batch_size": 32})
+def test_smoke_train(name):
+    cfg = tiny_config(method=SMOKE_METHOD[name], train={"epochs": 2, "batch_size": 32})
     seen = []
-    metrics = fit(cfg, on_epoch_end=lambda m, t: seen.append(m), verbose=False)
+    metrics = fit(cfg, on_epoch_end=lambda m, t: seen.append(m), verbose=False,
+                  inputs=smoke_inputs(name))
     assert [m["epoch"] for m in seen] == [1.0, 2.0]
     assert math.isfinite(metrics["train/loss"]) and metrics["train/loss"] > 0
     assert 0.0 < metrics["train/feature_std"] <= 1.0
@@ -79,9 +75,8 @@ def test_sync_bn_on_cpu_falls_back_with_a_warning():
 def test_byol_without_head_bn_has_none():
     from torch import nn
 
-    from sslray.methods.byol import BYOL
 
-    model = BYOL(tiny_config(method={**SMOKE_METHOD["byol"], "bn": "none"}))
+    model = build(tiny_config(method={**SMOKE_METHOD["byol"], "bn": "none"}))
     heads = list(model.projector.modules()) + list(model.predictor.modules())
     assert not any(isinstance(m, nn.BatchNorm1d) for m in heads)
 
