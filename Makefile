@@ -63,6 +63,8 @@ bench: install peer-venv
 		--peer-python $(PEER_VENV)/bin/python --out $(BENCH_OUT)/peer_compare.jsonl
 	$(PY) -m benchmarks.eval_throughput --threads 2 --wait-quiet 60 \
 		--out $(BENCH_OUT)/eval_throughput.jsonl
+	$(PY) -m benchmarks.sweep_overhead --trials 40 --trials2 6 \
+		--out $(BENCH_OUT)/sweep_overhead.jsonl
 	$(PY) -m benchmarks.summarize --results $(BENCH_OUT)
 
 # Every script at toy sizes (tiny backbone, batch 16): checks the wiring in about 2 minutes.

@@ -1,4 +1,4 @@
-"""Run a sweep on Ray Tune: one function trainable per trial, each building a TorchTrainer.
+"""Run a sweep on Ray Tune: one function trainable per trial.
 
 Layout of a sweep directory (`<storage>/<sweep name>/`; what `analysis.load_sweep` reads):
 
@@ -8,8 +8,10 @@ Layout of a sweep directory (`<storage>/<sweep name>/`; what `analysis.load_swee
     <trial dir>/error.txt        when the trial failed (Tune writes it)
     <trial dir>/train-<id>/      the trial's Ray Train run: checkpoints, its own result.json
 
-Train V2 cannot be handed to the Tuner; each trial runs `TorchTrainer.fit()` from inside the
-function trainable, the Train run named from the trial id so a restored trial resumes it, and
+A 1-worker trial trains in its trial actor (`sslray.sweep.trial`: no Ray Train worker group).
+Other trials run Ray Train: Train V2 cannot be handed to the Tuner, so such a trial runs
+`TorchTrainer.fit()` from inside the function trainable, the Train run named from the trial id
+so a restored trial resumes it, and
 `TuneReportCallback` turns each epoch report into a Tune result, so ASHA can stop trials per epoch
 (docs/ray.md#train-inside-tune). Final evaluation happens inside the run: a trial that ASHA stops
 never runs code after `fit()`.
@@ -30,16 +32,22 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sslray.config import RunConfig
-from sslray.pipeline import run_any
+from sslray.pipeline import run_any, write_config
 from sslray.provenance import git_revision, versions
 from sslray.storage import Location, location
 from sslray.sweep.spec import SweepSpec, Trial, max_concurrent
+from sslray.sweep.trial import runs_in_trial, train_in_trial
 
 # Set (unless already set) when a sweep starts, never at import. Tune saves its experiment state
 # at most every 10 s by default; a driver killed in that window restarts trials from scratch on
 # restore (docs/ray.md#tune_global_checkpoint_s); 2 s costs nothing. RAY_AIR_NEW_OUTPUT=0:
 # Tune's classic status table, with the columns we choose (the newer output prints every config).
-TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2", "RAY_AIR_NEW_OUTPUT": "0"}
+# The last: trials that train in their actor keep 2 Tune checkpoints (disk stays bounded), which
+# makes Tune snapshot its state when a trial has checkpointed twice since the last snapshot and
+# warn each time; on short epochs that is every few seconds (noise, a few ms each; measured in
+# benchmarks/sweep_overhead.py).
+TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2", "RAY_AIR_NEW_OUTPUT": "0",
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 PROGRESS_COLUMNS = {"epoch": "epoch", "train/loss": "loss", "eval/knn_top1": "kNN"}
 
@@ -61,8 +69,28 @@ def run_trial(config: dict[str, Any]) -> None:
         "trial": {"id": trial_id, "label": trial["label"], "grid": trial["grid"],
                   "seed": trial["seed"]},
     }, indent=2, sort_keys=True), "config.json")
-    run_any(cfg, trial_loc.child(f"train-{trial_id}"), callbacks=[TuneReportCallback()],
-            verbose=False)
+    run_loc = trial_loc.child(f"train-{trial_id}")
+    # one worker: train here, in the trial actor (sslray.sweep.trial)
+    if runs_in_trial(cfg, config.get("driver_resource")):
+        write_config(cfg, run_loc)
+        train_in_trial(cfg, run_loc)
+    else:
+        run_any(cfg, run_loc, callbacks=[TuneReportCallback()], verbose=False)
+
+
+def trial_bundle(config: dict[str, Any], driver_resource: str | None = None) -> Any:
+    """The trial actor's reservation (Tune calls this per trial with its config): the worker's
+    devices when the trial trains in its actor, else a driver sliver (Train reserves the rest)."""
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    cfg = RunConfig.model_validate(config["trial"]["config"])
+    res = cfg.resources
+    bundle: dict[str, float] = (
+        {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
+        if runs_in_trial(cfg, driver_resource) else {"CPU": config.get("driver_cpus", 0.01)})
+    if driver_resource:
+        bundle[driver_resource] = 0.01
+    return PlacementGroupFactory([bundle])
 
 
 def trial_dirname(trial: Any) -> str:
@@ -118,8 +146,10 @@ def _callbacks(spec: SweepSpec, loc: Location) -> list[Any]:
 
 
 def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
-              resume: bool = False, overwrite: bool = False) -> Any:
+              resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Any:
     """Run (or, with `resume`, restore and finish) the sweep; returns Tune's ResultGrid.
+
+    `quiet`: no status table (the benchmarks).
 
     Ray must be initialised by the caller (a local Ray or `address=auto`).
     """
@@ -127,10 +157,9 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
         os.environ.setdefault(key, value)
     loc = sweep_location(spec, smoke)
     exists = loc.exists("sweep.json") or loc.exists("tuner.pkl")
-    driver: dict[str, float] = {"cpu": spec.resources.driver_cpus}
-    if spec.resources.driver_resource:
-        driver[spec.resources.driver_resource] = 0.01
-    trainable = ray.tune.with_resources(run_trial, driver)
+    custom = spec.resources.driver_resource
+    trainable = ray.tune.with_resources(
+        run_trial, lambda config: trial_bundle(config, custom))  # type: ignore[arg-type]
     if resume:
         if not ray.tune.Tuner.can_restore(loc.uri):
             raise FileExistsError(f"{loc.uri}: no sweep to resume here (no tuner.pkl); run it "
@@ -161,6 +190,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
         trainable,
         param_space={
             "sweep_uri": loc.uri,
+            "driver_cpus": spec.resources.driver_cpus,
+            "driver_resource": spec.resources.driver_resource,
             "trial": ray.tune.grid_search([t.to_json() for t in trials]),
         },
         tune_config=ray.tune.TuneConfig(
@@ -173,12 +204,15 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
             storage_filesystem=None if parent.is_local else parent.fs,
             failure_config=ray.tune.FailureConfig(max_failures=spec.trial_retries),
             callbacks=_callbacks(spec, loc),
-            progress_reporter=ray.tune.CLIReporter(
+            # Trials that train in their actor checkpoint through Tune: keep the last two, as
+            # the Train runs do (worker.py's CheckpointConfig).
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
+            progress_reporter=None if quiet else ray.tune.CLIReporter(
                 metric_columns=PROGRESS_COLUMNS,
                 parameter_columns={"trial/label": "variant", "trial/seed": "seed"},
                 max_report_frequency=30,
             ),
-            verbose=1,
+            verbose=0 if quiet else 1,
         ),
     )
     start = time.perf_counter()

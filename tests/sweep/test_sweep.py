@@ -266,3 +266,45 @@ def test_a_top_level_base_no_variant_uses_is_an_error(tmp_path: Path) -> None:
     msg = problems(write_sweep(tmp_path, base="no_such_config",
                                variants={"x": {"base": tiny_raw()}, "y": {}}))
     assert "base: " in msg and "no_such_config" in msg
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_one_worker_trials_train_in_their_actor_and_asha_stops_the_bad_one(
+        ray_session: Any, tmp_path: Path) -> None:
+    """A 1-worker trial runs fit() in its Tune trial actor (no Ray Train run): its train-<id>/
+    directory holds what a Train run leaves (config.json, final.pt, result.json), its epochs
+    are Tune checkpoints, and ASHA stops a clearly worse trial (lr ~0: it never learns) early.
+    """
+    from analysis import STOPPED
+    from analysis import load_sweep as load_frame
+    from sslray.storage import location
+    from sslray.sweep.runner import run_sweep
+    from sslray.training.checkpoint import load_trained_state
+
+    base = tiny_raw(train={"epochs": 4, "batch_size": 32}, eval={"knn_k": 10})
+    path = write_sweep(tmp_path, base=base, seeds=[0], grid={"optim.lr": [0.05, 1e-12]},
+                       scheduler={"name": "asha", "metric": "train/loss", "mode": "min",
+                                  "grace_period": 1, "reduction_factor": 2},
+                       resources={"workers": 1, "cpus_per_worker": 1.0,
+                                  "max_concurrent_trials": 1})
+    spec = load_sweep(path)
+    results = run_sweep(spec, expand(spec), quiet=True)
+    assert results.num_errors == 0
+    sweep_dir = tmp_path / "sweeps" / "t"
+    frame = load_frame(sweep_dir).set_index("optim.lr")
+    assert frame.loc[1e-12, "status"] == STOPPED  # ASHA, not "finished"
+    assert frame.loc[1e-12, "epoch"] < 4 and frame.loc[0.05, "epoch"] == 4
+    for d in trial_dirs(sweep_dir):
+        (run,) = d.glob("train-*")
+        assert (run / "config.json").is_file()  # result.json: finished runs only (as in Train)
+        assert not (run / "checkpoint_manager_snapshot.json").exists()  # no Ray Train run
+        assert sorted(p.name for p in d.glob("checkpoint_*"))  # the epochs' Tune checkpoints
+    good = next(d for d in trial_dirs(sweep_dir)
+                if json.loads((d / "config.json").read_text())["config"]["optim"]["lr"] == 0.05)
+    (run,) = good.glob("train-*")
+    state = load_trained_state(location(run), "moco")  # final.pt, as after a Train run
+    assert state["epoch"] == 4
+    # (ASHA ends even a full trial at max_t while fit() still blocks, so neither path writes
+    # train-<id>/result.json under ASHA; final.pt is written before the last report.)
+    assert (run / "final.pt").is_file() and frame.loc[0.05, "eval/knn_top1"] > 0

@@ -1,0 +1,69 @@
+"""A 1-worker trial trained inside its own Tune trial actor, without a Ray Train worker group.
+
+A Ray Train run costs a controller actor, a placement group and a worker process that imports
+torch again: about 10 s per trial (benchmarks/sweep_overhead.py), which a grid of thousands of
+short trials pays thousands of times. A trial that needs one worker does not need any of it: the
+trial actor reserves that worker's CPUs/GPU itself (`trial_resources`) and runs `fit()` in
+process, reporting each epoch straight to Tune (`ray.tune.report`, so ASHA stops it per epoch
+as before) with the whole training state as the epoch's checkpoint (so a retried or restored
+trial resumes from `ray.tune.get_checkpoint()`).
+
+What the run leaves is what `run_training` leaves in the trial's `train-<id>/` directory:
+`config.json`, `final.pt` (+ method artifacts) and `result.json`; the trial directory holds the
+same `config.json` and Tune's `result.json`, so the analysis package reads both paths alike.
+Checkpoints are Tune's (`<trial dir>/checkpoint_<n>/`) instead of Train's
+(`<trial dir>/train-<id>/checkpoint_<n>/`); `load_trained_state` reads `final.pt` first.
+Multi-worker trials and the cc pipeline (several stages, of which only the last reports to Tune)
+keep Ray Train.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import ray.tune
+import torch
+
+from sslray.config import RunConfig
+from sslray.storage import Location
+from sslray.training.checkpoint import STATE_FILE, load_state, save_state
+from sslray.training.loop import Trainer, fit
+from sslray.training.worker import save_final_model
+
+
+def runs_in_trial(cfg: RunConfig, driver_resource: str | None = None) -> bool:
+    """Whether a trial of `cfg` trains in its own actor (one worker, one stage). Not when the
+    sweep pins trial drivers to safe nodes (`resources.driver_resource`, e.g. the head of
+    cluster/aws.yaml): training belongs on the (spot) worker nodes, so Ray Train places it."""
+    from sslray.pipeline import is_pipeline
+
+    return cfg.resources.workers == 1 and not is_pipeline(cfg) and not driver_resource
+
+
+def train_in_trial(cfg: RunConfig, run: Location) -> dict[str, float]:
+    """Train `cfg` in this Tune trial actor; returns the last epoch's metrics."""
+    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available()
+                          else "cpu")
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    resume = None
+    ckpt = ray.tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = load_state(Path(d) / STATE_FILE, cfg.method.name)
+    resumed_from = float(resume["epoch"]) if resume else 0.0
+
+    def on_epoch_end(metrics: dict[str, float], trainer: Trainer) -> None:
+        metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
+        with tempfile.TemporaryDirectory() as tmp:
+            state = trainer.state_dict()
+            save_state(state, Path(tmp) / STATE_FILE)
+            if int(metrics["epoch"]) == cfg.train.epochs:  # before the report: see worker.py
+                save_final_model(state, trainer.method, run, Path(tmp))
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+    metrics = fit(cfg, device=device, resume=resume, on_epoch_end=on_epoch_end, verbose=False)
+    metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
+    run.append_line(json.dumps(metrics, sort_keys=True), "result.json")
+    return metrics
