@@ -20,17 +20,14 @@ keep Ray Train.
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import ray.tune
 import torch
 
 from sslray.config import RunConfig
 from sslray.storage import Location
-from sslray.training.checkpoint import STATE_FILE, load_state, save_state
-from sslray.training.loop import Trainer, fit
-from sslray.training.worker import save_final_model
+from sslray.training.loop import fit
+from sslray.training.worker import epoch_reporter, resume_state
 
 
 def runs_in_trial(cfg: RunConfig, driver_resource: str | None = None) -> bool:
@@ -47,22 +44,9 @@ def train_in_trial(cfg: RunConfig, run: Location) -> dict[str, float]:
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available()
                           else "cpu")
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
-    resume = None
-    ckpt = ray.tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = load_state(Path(d) / STATE_FILE, cfg.method.name)
+    resume = resume_state(ray.tune.get_checkpoint(), cfg.method.name)
     resumed_from = float(resume["epoch"]) if resume else 0.0
-
-    def on_epoch_end(metrics: dict[str, float], trainer: Trainer) -> None:
-        metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
-        with tempfile.TemporaryDirectory() as tmp:
-            state = trainer.state_dict()
-            save_state(state, Path(tmp) / STATE_FILE)
-            if int(metrics["epoch"]) == cfg.train.epochs:  # before the report: see worker.py
-                save_final_model(state, trainer.method, run, Path(tmp))
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
-
+    on_epoch_end = epoch_reporter(cfg, run, ray.tune.report, resumed_from)
     metrics = fit(cfg, device=device, resume=resume, on_epoch_end=on_epoch_end, verbose=False)
     metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
     run.append_line(json.dumps(metrics, sort_keys=True), "result.json")

@@ -13,7 +13,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,7 +27,7 @@ from sslray.config import RunConfig
 from sslray.methods import SSLMethod
 from sslray.storage import Location, location
 from sslray.training.checkpoint import FINAL_FILE, STATE_FILE, load_state, save_state
-from sslray.training.loop import StageInputs, Trainer, fit
+from sslray.training.loop import EpochCallback, StageInputs, Trainer, fit
 
 # Fault injection for tests: SIGKILL the rank-0 worker process once, in the middle of the epoch
 # after this one (after its first step, once this epoch's checkpoint is registered).
@@ -76,30 +76,46 @@ def save_final_model(state: dict[str, Any], method: SSLMethod, run: Location, tm
         run.save_npy(array, name)
 
 
+def resume_state(ckpt: Checkpoint | None, method: str) -> dict[str, Any] | None:
+    """The training state in a Ray (Train or Tune) checkpoint, or None to start afresh."""
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return load_state(Path(d) / STATE_FILE, method)
+
+
+def epoch_reporter(cfg: RunConfig, run: Location, report: Callable[..., None],
+                   resumed_from: float, checkpoints: bool = True) -> EpochCallback:
+    """The `fit()` epoch callback of both ways to train a run on Ray: `report(metrics,
+    checkpoint=...)` (ray.train.report or ray.tune.report) with the whole training state as the
+    checkpoint (`checkpoints=False`: the ranks whose reports Ray Train drops), and final.pt
+    written before the last epoch's report."""
+
+    def on_epoch_end(metrics: dict[str, float], trainer: Trainer) -> None:
+        metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if checkpoints:
+                state = trainer.state_dict()
+                save_state(state, Path(tmp) / STATE_FILE)
+                checkpoint = Checkpoint.from_directory(tmp)
+                if int(metrics["epoch"]) == cfg.train.epochs:
+                    save_final_model(state, trainer.method, run, Path(tmp))
+            report(metrics, checkpoint=checkpoint)
+
+    return on_epoch_end
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     _quiet_ray_train_logs()
     cfg = RunConfig.model_validate_json(config["cfg"])
     run_loc = location(config["run_dir"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    resume = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = load_state(Path(d) / STATE_FILE, cfg.method.name)
+    resume = resume_state(ray.train.get_checkpoint(), cfg.method.name)
     resumed_from = float(resume["epoch"]) if resume else 0.0
-
-    def on_epoch_end(metrics: dict[str, float], trainer: Trainer) -> None:
-        metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                state = trainer.state_dict()
-                save_state(state, Path(tmp) / STATE_FILE)
-                checkpoint = Checkpoint.from_directory(tmp)
-                if int(metrics["epoch"]) == cfg.train.epochs:
-                    save_final_model(state, trainer.method, run_loc, Path(tmp))
-            ray.train.report(metrics, checkpoint=checkpoint)
+    on_epoch_end = epoch_reporter(cfg, run_loc, ray.train.report, resumed_from,
+                                  checkpoints=rank == 0)
 
     def on_step(epoch: int, step: int) -> None:
         if rank == 0 and run_loc.is_local and config.get("fault"):
