@@ -8,7 +8,7 @@ from typing import Any
 
 from sslray.cli.common import add_ray_arguments, guarded
 from sslray.cli.ray_setup import check_fits_locally, start_ray
-from sslray.sweep.spec import describe_sweep, expand, load_sweep
+from sslray.sweep.spec import describe_sweep, expand, load_sweep, trial_needs
 
 
 def add_parser(sub: Any) -> None:
@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     spec = load_sweep(args.sweep)
     trials = expand(spec, smoke=args.smoke)
     print(describe_sweep(spec, trials), flush=True)
-    res = spec.resources
-    check_fits_locally(args.address, res.trial_cpus, res.trial_gpus,
+    res, needs = spec.resources, trial_needs(spec, trials)
+    check_fits_locally(args.address, needs.cpus, needs.gpus,
                        f"{args.sweep}: one trial (resources.workers={res.workers})",
                        "lower resources.workers / cpus_per_worker / driver_cpus in the sweep")
     start_ray(args.address, spec.resources.workers)

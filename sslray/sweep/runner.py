@@ -35,8 +35,8 @@ from sslray.config import RunConfig
 from sslray.pipeline import run_any, write_config
 from sslray.provenance import git_revision, versions
 from sslray.storage import Location, location
-from sslray.sweep.spec import SweepSpec, Trial, max_concurrent
-from sslray.sweep.trial import runs_in_trial, train_in_trial
+from sslray.sweep.spec import SweepSpec, Trial, max_concurrent, runs_in_trial, trial_needs
+from sslray.sweep.trial import train_in_trial
 
 # Set (unless already set) when a sweep starts, never at import. Tune saves its experiment state
 # at most every 10 s by default; a driver killed in that window restarts trials from scratch on
@@ -176,10 +176,10 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
         loc.fs.delete_dir(loc.path)
     write_sweep_json(spec, trials, loc, smoke)
     cluster = ray.cluster_resources()
-    conc = max_concurrent(spec, cluster)
-    res = spec.resources
+    conc = max_concurrent(spec, trials, cluster)
+    needs = trial_needs(spec, trials)
     short = [f"{need:g} {name} (the cluster has {cluster.get(name, 0):g})"
-             for name, need in (("CPU", res.trial_cpus), ("GPU", res.trial_gpus))
+             for name, need in (("CPU", needs.cpus), ("GPU", needs.gpus))
              if need > cluster.get(name, 0.0)]
     if short:  # an autoscaling cluster may still grow; a fixed one never runs the trials
         print(f"sslray: warning: one trial needs {' and '.join(short)}; trials wait until the "

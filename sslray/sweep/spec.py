@@ -60,13 +60,6 @@ class SweepResources(StrictModel):
     driver_resource: str | None = None
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
-    @property
-    def trial_cpus(self) -> float:
-        return self.workers * self.cpus_per_worker + self.driver_cpus
-
-    @property
-    def trial_gpus(self) -> float:
-        return self.workers * self.gpus_per_worker if self.use_gpu else 0.0
 
 
 Grid = dict[str, list[Any]]
@@ -249,14 +242,45 @@ def _scheduler_problems(spec: SweepSpec, trials: list[Trial]) -> list[str]:
     ]
 
 
-def max_concurrent(spec: SweepSpec, cluster: dict[str, float]) -> int:
+def runs_in_trial(cfg: RunConfig, driver_resource: str | None = None) -> bool:
+    """Whether a trial of `cfg` trains in its own Tune trial actor (sslray.sweep.trial): one
+    worker, one stage. Not when the sweep pins trial drivers to safe nodes
+    (`resources.driver_resource`, e.g. the head of cluster/aws.yaml): training belongs on the
+    (spot) worker nodes, so Ray Train places it."""
+    return cfg.resources.workers == 1 and not is_pipeline(cfg) and not driver_resource
+
+
+@dataclass(frozen=True)
+class TrialNeeds:
+    """What one trial reserves. A trial that trains in its actor reserves its worker's devices
+    only; a Ray Train trial adds its driver's sliver (`resources.driver_cpus`)."""
+
+    cpus: float
+    gpus: float
+    in_actor: bool  # every trial of the sweep trains in its Tune trial actor
+
+    def text(self, times: int = 1) -> str:
+        return f"{self.cpus * times:g} CPU" + (f", {self.gpus * times:g} GPU" if self.gpus else "")
+
+
+def trial_needs(spec: SweepSpec, trials: list[Trial]) -> TrialNeeds:
+    """The largest reservation of any trial of the sweep (a cc variant runs Ray Train)."""
+    res = spec.resources
+    in_actor = all(runs_in_trial(t.config, res.driver_resource) for t in trials)
+    return TrialNeeds(cpus=res.workers * res.cpus_per_worker + (0 if in_actor else res.driver_cpus),
+                      gpus=res.workers * res.gpus_per_worker if res.use_gpu else 0.0,
+                      in_actor=in_actor)
+
+
+def max_concurrent(spec: SweepSpec, trials: list[Trial], cluster: dict[str, float]) -> int:
     """Trials that fit at once on a cluster of `cluster` resources (at least 1)."""
     res = spec.resources
     if res.max_concurrent_trials is not None:
         return res.max_concurrent_trials
-    fits = cluster.get("CPU", 1.0) / res.trial_cpus
-    if res.use_gpu and res.trial_gpus > 0:
-        fits = min(fits, cluster.get("GPU", 0.0) / res.trial_gpus)
+    need = trial_needs(spec, trials)
+    fits = cluster.get("CPU", 1.0) / need.cpus
+    if need.gpus > 0:
+        fits = min(fits, cluster.get("GPU", 0.0) / need.gpus)
     return max(1, math.floor(fits + 1e-9))
 
 
@@ -265,7 +289,10 @@ def describe_sweep(spec: SweepSpec, trials: list[Trial]) -> str:
     per = f"{res.workers} worker(s) x {res.cpus_per_worker:g} CPU"
     if res.use_gpu:
         per += f" + {res.gpus_per_worker:g} GPU"
-    need = f"{res.trial_cpus:g} CPU" + (f", {res.trial_gpus:g} GPU" if res.use_gpu else "")
+    needs = trial_needs(spec, trials)
+    need = needs.text()
+    how = ("trains in its Tune trial actor" if needs.in_actor
+           else f"Ray Train + {res.driver_cpus:g} CPU driver")
     labels = sorted({t.label for t in trials})
     epochs = sorted({t.config.train.epochs for t in trials})
     sched = spec.scheduler
@@ -279,19 +306,15 @@ def describe_sweep(spec: SweepSpec, trials: list[Trial]) -> str:
         *[f"grid:      ({name}) {k} in {v}" for name, var in spec.variants.items()
           for k, v in (var.grid or {}).items()],
         f"epochs:    {', '.join(map(str, epochs))}",
-        f"per trial: {per} (+ {res.driver_cpus:g} CPU driver) = {need}",
+        f"per trial: {per} ({how}) = {need}",
         f"scheduler: {sched.name}" + (f" on {sched.metric} ({sched.mode}), grace "
                                       f"{sched.grace_period}" if sched.name == "asha" else ""),
         f"storage:   {spec.storage}/{spec.name}",
     ]
     conc = res.max_concurrent_trials
     if conc:
-        total = f"{res.trial_cpus * conc:g} CPU" + (
-            f", {res.trial_gpus * conc:g} GPU" if res.use_gpu else "")
-        lines.append(f"cluster:   {conc} trial(s) at once need {total}")
+        lines.append(f"cluster:   {conc} trial(s) at once need {needs.text(conc)}")
     else:
         lines.append(f"cluster:   one trial needs {need}; all {len(trials)} at once need "
-                     f"{res.trial_cpus * len(trials):g} CPU"
-                     + (f", {res.trial_gpus * len(trials):g} GPU" if res.use_gpu else "")
-                     + " (trials queue on smaller clusters)")
+                     f"{needs.text(len(trials))} (trials queue on smaller clusters)")
     return "\n".join(lines)

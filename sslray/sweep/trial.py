@@ -3,7 +3,8 @@
 A Ray Train run costs a controller actor, a placement group and a worker process that imports
 torch again: about 10 s per trial (benchmarks/sweep_overhead.py), which a grid of thousands of
 short trials pays thousands of times. A trial that needs one worker does not need any of it: the
-trial actor reserves that worker's CPUs/GPU itself (`trial_resources`) and runs `fit()` in
+trial actor reserves that worker's CPUs/GPU itself (`runner.trial_bundle`; which trials:
+`spec.runs_in_trial`) and runs `fit()` in
 process, reporting each epoch straight to Tune (`ray.tune.report`, so ASHA stops it per epoch
 as before) with the whole training state as the epoch's checkpoint (so a retried or restored
 trial resumes from `ray.tune.get_checkpoint()`).
@@ -28,15 +29,6 @@ from sslray.config import RunConfig
 from sslray.storage import Location
 from sslray.training.loop import fit
 from sslray.training.worker import epoch_reporter, resume_state
-
-
-def runs_in_trial(cfg: RunConfig, driver_resource: str | None = None) -> bool:
-    """Whether a trial of `cfg` trains in its own actor (one worker, one stage). Not when the
-    sweep pins trial drivers to safe nodes (`resources.driver_resource`, e.g. the head of
-    cluster/aws.yaml): training belongs on the (spot) worker nodes, so Ray Train places it."""
-    from sslray.pipeline import is_pipeline
-
-    return cfg.resources.workers == 1 and not is_pipeline(cfg) and not driver_resource
 
 
 def train_in_trial(cfg: RunConfig, run: Location) -> dict[str, float]:

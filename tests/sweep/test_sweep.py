@@ -16,7 +16,15 @@ import yaml
 
 from sslray.cli.main import main
 from sslray.config import ConfigError
-from sslray.sweep.spec import SWEEPS_DIR, expand, grid_points, load_sweep, max_concurrent
+from sslray.sweep.spec import (
+    SWEEPS_DIR,
+    describe_sweep,
+    expand,
+    grid_points,
+    load_sweep,
+    max_concurrent,
+    trial_needs,
+)
 from tests.conftest import FAST_RAY_ENV, tiny_raw
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,10 +108,18 @@ def test_asha_needs_its_metric_every_epoch(tmp_path: Path) -> None:
 
 def test_concurrency_follows_the_cluster(tmp_path: Path) -> None:
     spec = load_sweep(write_sweep(tmp_path, resources={"workers": 2, "cpus_per_worker": 1}))
-    assert max_concurrent(spec, {"CPU": 8.0}) == 3  # 2.01 CPU per trial
+    assert max_concurrent(spec, expand(spec), {"CPU": 8.0}) == 3  # 2.01 CPU per trial
+    # one worker: the trial trains in its actor, no 0.01 CPU Ray Train driver on top
+    one = load_sweep(write_sweep(tmp_path, resources={"workers": 1, "cpus_per_worker": 1}))
+    assert trial_needs(one, expand(one)).cpus == 1.0
+    assert max_concurrent(one, expand(one), {"CPU": 8.0}) == 8
+    assert "trains in its Tune trial actor) = 1 CPU" in describe_sweep(one, expand(one))
+    pinned = load_sweep(write_sweep(tmp_path, resources={"workers": 1, "driver_resource": "head"}))
+    assert trial_needs(pinned, expand(pinned)).cpus == 1.01
+    assert max_concurrent(pinned, expand(pinned), {"CPU": 8.0}) == 7
     gpu = load_sweep(write_sweep(tmp_path, resources={"workers": 2, "use_gpu": True,
                                                       "placement_strategy": "STRICT_SPREAD"}))
-    assert max_concurrent(gpu, {"CPU": 64.0, "GPU": 8.0}) == 4
+    assert max_concurrent(gpu, expand(gpu), {"CPU": 64.0, "GPU": 8.0}) == 4
     res = expand(gpu)[0].config.resources  # the sweep's resources reach every trial's config
     assert res.use_gpu and res.workers == 2 and res.placement_strategy == "STRICT_SPREAD"
 
