@@ -1,19 +1,25 @@
-"""Load test: a 50-trial sweep through the real CLI, with its peak memory.
+"""Load test: a sweep of many tiny trials through the real CLI, with its peak memory.
 
-It writes a sweep of tiny MoCo trials on the synthetic dataset (25 temperatures x 2 seeds,
-2 epochs each, 1 Ray Train worker per trial, at most 2 trials at once), runs
-`sslray sweep FILE --no-table` as a child process while sampling memory every 0.25 s, then
-checks that every trial finished with its results and that the table built from the sweep has
-a cell for each of the 50 trials. Prints one JSON line (appended to --out):
+It writes a sweep of tiny MoCo trials on the synthetic dataset (--trials/2 temperatures x 2
+seeds, 2 epochs each, 1 worker of 0.5 CPU per trial: each trial trains in its Tune trial actor,
+--concurrent trials at once), runs `sslray sweep FILE --no-table` as a child process while
+sampling memory every 0.25 s and keeping its stdout (the live status table), then checks that
+every trial finished with its results and that the table built from the sweep has a cell for
+each trial. Prints one JSON line (appended to --out):
 
-    trials, finished, result_lines, table_rows, table_trials_counted, wall_s,
+    trials, finished, result_lines, table_rows, table_trials_counted, wall_s, s_per_trial,
+    peak_driver_rss_gib  the sweep process alone (the Tune driver: trial states, results)
     peak_tree_rss_gib    the sum of RSS over the sweep process and all its descendants (the Ray
-                         head processes, the trial and Train workers); over-counts shared pages
+                         head processes, the trial actors); over-counts shared pages
     peak_system_used_gib system-wide MemTotal - MemAvailable at its peak, minus before the start
     mem_total_gib        the machine's memory
+    status_reports, status_max_lines, stdout_lines   the live status table: how many times it
+                         was printed and the longest print (in lines), and all of stdout
 
-Example (about 5 minutes on 2 cores):
+Examples (50 trials: about 2 minutes on 2 cores; 1,000: about 25):
     python benchmarks/load_sweep.py --trials 50 --out benchmarks/results/load_sweep.jsonl
+    python benchmarks/load_sweep.py --trials 1000 --keep /tmp/load1000 \
+        --out benchmarks/results/load_sweep.jsonl
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class MemorySampler(threading.Thread):
         self.root, self.period = psutil.Process(root_pid), period
         self.base_used = self._system_used()
         self.peak_tree = 0
+        self.peak_driver = 0
         self.peak_used = 0
         self.stop = threading.Event()
 
@@ -97,8 +104,21 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             self.peak_tree = max(self.peak_tree, self._tree_rss())
+            try:
+                self.peak_driver = max(self.peak_driver, self.root.memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
             self.peak_used = max(self.peak_used, self._system_used() - self.base_used)
             time.sleep(self.period)
+
+
+def status_figures(stdout: str) -> dict[str, int]:
+    """How often the status table was printed and its longest print, from the sweep's stdout."""
+    lines = stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("== Status ==")]
+    ends = starts[1:] + [len(lines)]
+    return {"status_reports": len(starts), "stdout_lines": len(lines),
+            "status_max_lines": max((e - s for s, e in zip(starts, ends)), default=0)}
 
 
 def check_sweep(sweep_dir: Path, trials: int) -> dict[str, Any]:
@@ -123,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="example: python benchmarks/load_sweep.py --trials 50",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=50)
-    p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--concurrent", type=int, default=4, help="trials at once (0.5 CPU each)")
     p.add_argument("--out", type=Path, default=None, help="append the JSON line here")
     p.add_argument("--keep", type=Path, default=None, help="keep the sweep in this folder")
     args = p.parse_args(argv)
@@ -133,21 +153,26 @@ def main(argv: list[str] | None = None) -> int:
     path = sweep_file(folder, args.trials, args.concurrent)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "sslray.cli.main", "sweep", str(path),
-                             "--no-table"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    sampler = MemorySampler(proc.pid)
-    sampler.start()
-    _, err = proc.communicate()
+    log = folder / "stdout.log"
+    with log.open("w") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "sslray.cli.main", "sweep", str(path),
+                                 "--no-table"], env=env, stdout=stdout,
+                                stderr=subprocess.PIPE, text=True)
+        sampler = MemorySampler(proc.pid)
+        sampler.start()
+        _, err = proc.communicate()
     wall = time.perf_counter() - start
     sampler.stop.set()
     sampler.join()
     record: dict[str, Any] = {
         "benchmark": "load_sweep", "trials": args.trials, "max_concurrent": args.concurrent,
         "returncode": proc.returncode, "wall_s": round(wall, 1),
+        "s_per_trial": round(wall / args.trials, 3),
+        "peak_driver_rss_gib": round(sampler.peak_driver / GIB, 3),
         "peak_tree_rss_gib": round(sampler.peak_tree / GIB, 2),
         "peak_system_used_gib": round(sampler.peak_used / GIB, 2),
         "mem_total_gib": round(psutil.virtual_memory().total / GIB, 1),
+        **status_figures(log.read_text()),
         **provenance(),
     }
     if proc.returncode == 0:

@@ -128,38 +128,102 @@ def load_idx_dataset(name: str, split: Split, root: str | None) -> ImageArrays:
     return ImageArrays(x, torch.from_numpy(labels.astype(np.int64)), 10, name)
 
 
-def load_torchvision_dataset(
-    name: str, split: Split, root: str | None, download: bool, labeled: bool = False
-) -> ImageArrays:
-    """CIFAR-10/100 and STL-10 through torchvision, download=False unless asked."""
-    from torchvision import datasets as tvd
+# The official archives' extracted folders and the files read from them (the formats of
+# https://www.cs.toronto.edu/~kriz/cifar.html and https://cs.stanford.edu/~acoates/stl10/).
+OFFICIAL_FILES: dict[str, tuple[str, dict[str, list[str]]]] = {
+    "cifar10": ("cifar-10-batches-py", {
+        "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
+        "meta": ["batches.meta"]}),
+    "cifar100": ("cifar-100-python", {"train": ["train"], "test": ["test"], "meta": ["meta"]}),
+    "stl10": ("stl10_binary", {
+        "train": ["train_X.bin", "train_y.bin"], "test": ["test_X.bin", "test_y.bin"],
+        "unlabeled": ["unlabeled_X.bin"]}),
+}
 
-    path = Path(root) if root else data_home() / name
-    expected = {
-        "cifar10": "cifar-10-batches-py/",
-        "cifar100": "cifar-100-python/",
-        "stl10": "stl10_binary/",
-    }[name]
-    try:
+
+def _official_folder(name: str, part: str, root: str | None, download: bool) -> Path:
+    """The folder holding `name`'s `part` files; downloads (torchvision, checksummed) only when
+    `download` is set. Raises DatasetError naming the missing file and the fixes."""
+    base = Path(root) if root else data_home() / name
+    folder_name, parts = OFFICIAL_FILES[name]
+    folder = base / folder_name
+    missing = [f for f in parts[part] + parts.get("meta", []) if not (folder / f).is_file()]
+    if missing and download:
+        from torchvision import datasets as tvd
+
         if name == "stl10":
-            # Pre-training uses STL-10's 100k unlabeled images (labels -1), as SSL papers do.
-            stl_split = "test" if split == "test" else ("train" if labeled else "unlabeled")
-            ds = tvd.STL10(str(path), split=stl_split, download=download)
-            x = torch.from_numpy(ds.data)  # (N, 3, 96, 96)
-            y = torch.from_numpy(ds.labels.astype(np.int64))
-            return ImageArrays(x, y, 10, name)
-        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-        ds = cls(str(path), train=split == "train", download=download)
-    except RuntimeError as exc:
-        if "not found" not in str(exc).lower() and "corrupted" not in str(exc).lower():
-            raise
+            tvd.STL10(str(base), split="train", download=True)
+        else:
+            (tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100)(str(base), download=True)
+        missing = [f for f in parts[part] if not (folder / f).is_file()]
+    if missing:
         raise DatasetError(
-            f"{name} ({split}): not found under {path} (expected {path / expected}). "
-            f"Fix: put the official archive's extracted folder there, set data.root, or set "
-            f"data.download=true to let torchvision download it."
-        ) from None
-    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
-    return ImageArrays(x, torch.tensor(ds.targets, dtype=torch.int64), len(ds.classes), name)
+            f"{name} ({part}): {folder / missing[0]} not found (expected the official archive's "
+            f"extracted folder {folder_name}/ under {base}). Fix: extract it there, set "
+            f"data.root, or set data.download=true to let torchvision download it."
+        )
+    return folder
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    """One CIFAR python batch (a Python 2 pickle: latin1 strings; keys bytes or str)."""
+    import pickle
+
+    try:
+        with path.open("rb") as f:
+            raw = pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a CIFAR python batch ({exc}); re-extract the official "
+                           f"archive") from None
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: not a CIFAR python batch (a {type(raw).__name__})")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def load_cifar(name: str, split: Split, root: str | None, download: bool) -> ImageArrays:
+    """CIFAR-10/100 from the official python batches: `data` (N, 3072) uint8, each row the
+    1024 red, then green, then blue values of a 32x32 image; `labels` (CIFAR-10) or
+    `fine_labels` (CIFAR-100, its 100 classes)."""
+    folder = _official_folder(name, split, root, download)
+    key = "labels" if name == "cifar10" else "fine_labels"
+    xs, ys = [], []
+    for file in OFFICIAL_FILES[name][1][split]:
+        batch = _unpickle(folder / file)
+        if "data" not in batch or key not in batch:
+            raise DatasetError(f"{folder / file}: no {'data' if 'data' not in batch else key!r} "
+                               f"entry (keys: {sorted(batch)}); is it the {name} archive?")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch[key]):
+            raise DatasetError(f"{folder / file}: data {data.shape} and {len(batch[key])} labels; "
+                               f"expected (N, 3072) and N labels")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[key], dtype=np.int64))
+    meta = _unpickle(folder / OFFICIAL_FILES[name][1]["meta"][0])
+    classes = meta.get("label_names" if name == "cifar10" else "fine_label_names")
+    num_classes = len(classes) if classes else (10 if name == "cifar10" else 100)
+    return ImageArrays(torch.from_numpy(np.concatenate(xs)),
+                       torch.from_numpy(np.concatenate(ys)), num_classes, name)
+
+
+def load_stl10(split: Split, root: str | None, download: bool, labeled: bool) -> ImageArrays:
+    """STL-10 from the official binaries: `<part>_X.bin` uint8 96x96x3 images, each channel
+    stored column-major (as MATLAB writes it), `<part>_y.bin` uint8 labels 1..10. Pre-training
+    reads the 100k `unlabeled` images (labels -1), as SSL papers do; `labeled` asks `train`."""
+    part = "test" if split == "test" else ("train" if labeled else "unlabeled")
+    folder = _official_folder("stl10", part, root, download)
+    raw = np.fromfile(folder / f"{part}_X.bin", dtype=np.uint8)
+    if raw.size % (3 * 96 * 96):
+        raise DatasetError(f"{folder / f'{part}_X.bin'}: {raw.size} bytes is not a whole number of "
+                           f"96x96x3 images; re-extract the official archive")
+    x = raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)  # column-major -> (N, C, H, W)
+    if part == "unlabeled":
+        y = np.full(len(x), -1, dtype=np.int64)
+    else:
+        y = np.fromfile(folder / f"{part}_y.bin", dtype=np.uint8).astype(np.int64) - 1
+        if len(y) != len(x) or y.min(initial=0) < 0 or y.max(initial=0) > 9:
+            raise DatasetError(f"{folder / f'{part}_y.bin'}: {len(y)} labels in 1..10 expected "
+                               f"for {len(x)} images")
+    return ImageArrays(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), 10, "stl10")
 
 
 def load_digits_dataset(split: Split) -> ImageArrays:
@@ -221,8 +285,10 @@ def load_arrays(cfg: DataConfig, split: Split, labeled: bool = False) -> ImageAr
     root = cfg.root
     if name in ("fashion_mnist", "mnist"):
         data = load_idx_dataset(name, split, root)
-    elif name in ("cifar10", "cifar100", "stl10"):
-        data = load_torchvision_dataset(name, split, root, cfg.download, labeled)
+    elif name in ("cifar10", "cifar100"):
+        data = load_cifar(name, split, root, cfg.download)
+    elif name == "stl10":
+        data = load_stl10(split, root, cfg.download, labeled)
     elif name == "digits":
         data = load_digits_dataset(split)
     elif name == "synthetic":

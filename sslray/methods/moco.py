@@ -102,6 +102,25 @@ def info_nce_loss(
         return F.cross_entropy(logits, labels)
 
 
+def end_to_end_loss(
+    q: torch.Tensor, k_all: torch.Tensor, offset: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo Fig. 3a (end-to-end): each query's positive is its own key among all keys of the
+    global batch, the other keys are its negatives. Returns (loss, top-1 accuracy).
+
+    q: (N, C) this worker's L2-normalised queries; k_all: (N_global, C) every worker's keys
+    (gathered with gradient); offset: where this worker's keys start in k_all (rank * N).
+    In fp32 even under autocast, as info_nce_loss: the `moco_dictionary` sweep compares the
+    three dictionaries, so their logits must have the same precision.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        q, k_all = q.float(), k_all.float()
+        logits = q @ k_all.t() / temperature
+        target = torch.arange(q.shape[0], device=q.device) + offset
+        acc = (logits.detach().argmax(dim=1) == target).float().mean()
+        return F.cross_entropy(logits, target), acc
+
+
 class MoCo(nn.Module):
     Config = MoCoConfig
 
@@ -156,10 +175,8 @@ class MoCo(nn.Module):
         if self.cfg.dictionary == "end_to_end":
             k = F.normalize(self.encoder_q(x_k).float(), dim=1)  # with gradient
             k_all = dist.all_gather_with_grad(k)  # (N_global, C): the other keys are negatives
-            logits = q @ k_all.t() / self.cfg.temperature
-            target = torch.arange(q.shape[0], device=q.device) + dist.rank() * q.shape[0]
-            acc = (logits.argmax(dim=1) == target).float().mean()
-            return F.cross_entropy(logits, target), q, k, acc
+            loss, acc = end_to_end_loss(q, k_all, dist.rank() * q.shape[0], self.cfg.temperature)
+            return loss, q, k, acc
         if self.cfg.dictionary == "memory_bank":
             k = self.bank.features[index.to(q.device)].clone()  # positive: the stored v_i
             negatives = self.bank.sample(self.cfg.queue_size)  # (K, C)

@@ -50,6 +50,23 @@ TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2", "RAY_AIR_NEW_OUTPUT": "0",
             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 PROGRESS_COLUMNS = {"epoch": "epoch", "train/loss": "loss", "eval/knn_top1": "kNN"}
+PROGRESS_ROWS = 20  # trial rows of the live status table; the trial counts per status head it
+
+
+class SweepReporter(ray.tune.CLIReporter):
+    """Tune's classic status table, every 30 s: the trial counts per status, the current best
+    trial and at most PROGRESS_ROWS trial rows ("... 980 more trials not shown (978 PENDING,
+    2 RUNNING)"), also when the sweep ends, where Tune's own reporter prints every trial (1,000
+    lines for a 1,000-trial grid); the sweep's table follows instead."""
+
+    def __init__(self) -> None:
+        super().__init__(metric_columns=PROGRESS_COLUMNS,
+                         parameter_columns={"trial/label": "variant", "trial/seed": "seed"},
+                         max_progress_rows=PROGRESS_ROWS, max_error_rows=PROGRESS_ROWS,
+                         print_intermediate_tables=True, max_report_frequency=30)
+
+    def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
+        super().report(trials, done and len(trials) <= PROGRESS_ROWS, *sys_info)
 
 
 def sweep_location(spec: SweepSpec, smoke: bool) -> Location:
@@ -207,11 +224,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
             # Trials that train in their actor checkpoint through Tune: keep the last two, as
             # the Train runs do (worker.py's CheckpointConfig).
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
-            progress_reporter=None if quiet else ray.tune.CLIReporter(
-                metric_columns=PROGRESS_COLUMNS,
-                parameter_columns={"trial/label": "variant", "trial/seed": "seed"},
-                max_report_frequency=30,
-            ),
+            progress_reporter=None if quiet else SweepReporter(),
             verbose=0 if quiet else 1,
         ),
     )
