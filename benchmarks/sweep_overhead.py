@@ -5,9 +5,12 @@ data, a width-4 backbone, 1 epoch of 1 step, no evaluation), so the wall time is
 trial costs, not what it computes:
 
     raw       a plain Tune function trainable (1 CPU) that imports torch, runs one training step
-              of a small conv net and reports once: Ray Tune's own floor
+              of a small conv net and reports once: Ray Tune's own floor, with Tune's defaults
+              (a new actor process per trial); the reference of the ratios
+    raw_reuse the same with TuneConfig(reuse_actors=True): what a Tune expert gets
     sslray1   `sslray sweep`'s trials with resources.workers 1: fit() inside the trial actor
-              (sslray.sweep.trial), trial directory, config.json, final.pt, result.json
+              (sslray.sweep.trial; actors reused across trials), trial directory, config.json,
+              final.pt, result.json, a Tune checkpoint per epoch
     sslray2   resources.workers 2: each trial a Ray Train run of 2 gloo workers
 
 raw and sslray1 run at the same concurrency (--concurrent); sslray2 runs as many 2-worker trials
@@ -61,14 +64,14 @@ def raw_trial(config: dict[str, Any]) -> None:
     ray.tune.report({"train/loss": float(loss)})
 
 
-def run_raw(trials: int, concurrent: int, storage: Path) -> float:
+def run_raw(trials: int, concurrent: int, storage: Path, reuse: bool = False) -> float:
     import ray.tune
 
     start = time.perf_counter()
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(raw_trial, {"cpu": 1}),
         param_space={"i": ray.tune.grid_search(list(range(trials)))},
-        tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrent),
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=reuse),
         run_config=ray.tune.RunConfig(name="raw", storage_path=str(storage), verbose=0),
     )
     results = tuner.fit()
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials2", type=int, default=6, help="trials of sslray2 (2 workers each)")
     p.add_argument("--concurrent", type=int, default=2, help="trials at once (raw, sslray1)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
-    p.add_argument("--modes", default="raw,sslray1,sslray2")
+    p.add_argument("--modes", default="raw,raw_reuse,sslray1,sslray2")
     p.add_argument("--out", type=Path, default=None, help="append the JSON lines here")
     args = p.parse_args(argv)
 
@@ -127,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             storage = Path(tmp) / mode
             storage.mkdir()
-            if mode == "raw":
-                n, conc, wall = args.trials, args.concurrent, run_raw(args.trials, args.concurrent,
-                                                                      storage)
+            if mode in ("raw", "raw_reuse"):
+                n, conc = args.trials, args.concurrent
+                wall = run_raw(n, conc, storage, reuse=mode == "raw_reuse")
             elif mode == "sslray1":
                 n, conc = args.trials, args.concurrent
                 wall = run_sslray(n, 1, conc, storage)
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 n, conc = args.trials2, max(1, args.cpus // 2)
                 wall = run_sslray(n, 2, conc, storage)
             else:
-                raise SystemExit(f"--modes: unknown mode {mode!r} (raw, sslray1, sslray2)")
+                raise SystemExit(f"--modes: unknown mode {mode!r} "
+                                 f"(raw, raw_reuse, sslray1, sslray2)")
             per[mode] = wall / n
             out.emit({**base, "mode": mode, "trials": n, "concurrent": conc,
                       "wall_s": round(wall, 2), "s_per_trial": round(wall / n, 3)})

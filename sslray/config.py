@@ -119,6 +119,10 @@ class ResourcesConfig(StrictModel):
     # How the workers' bundles are placed (Ray placement strategies); STRICT_SPREAD puts one
     # worker per node. PACK is Ray Train's default.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Seconds a training collective (all_gather, all_reduce) may wait for a peer: Ray Train's
+    # TorchConfig.timeout_s, default 1800 (NCCL's own 30 min). Evaluation waits are not bound by
+    # it (sslray.distributed.EVAL_WAIT).
+    collective_timeout_s: int = Field(default=1800, ge=1)
 
 
 class RunConfig(StrictModel):

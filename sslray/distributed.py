@@ -6,8 +6,17 @@ Train workers, and without torch.distributed at all (unit tests, Ray Train local
 
 from __future__ import annotations
 
+import datetime as dt
+
 import torch
 import torch.distributed as dist
+
+# How long a rank may wait for another's evaluation (rank 0 alone runs kNN and the probes on the
+# gathered features). The training collectives keep the process group's timeout (NCCL's 30 min
+# by default; resources.collective_timeout_s): evaluation waits go through their own gloo group
+# with this one, so a long evaluation never trips a training collective.
+EVAL_WAIT = dt.timedelta(hours=6)
+_eval_group: tuple[object, dist.ProcessGroup] | None = None  # (the default group it belongs to)
 
 
 def is_distributed() -> bool:
@@ -83,3 +92,48 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x), dim=0)
+
+
+def _group() -> dist.ProcessGroup:
+    """The evaluation group: every rank, gloo (CPU tensors), EVAL_WAIT timeout. Created by the
+    first evaluation collective, which every rank reaches in the same order."""
+    global _eval_group
+    world = dist.group.WORLD
+    if _eval_group is None or _eval_group[0] is not world:  # none yet, or a new default group
+        group = dist.new_group(backend="gloo", timeout=EVAL_WAIT)
+        if not isinstance(group, dist.ProcessGroup):  # a rank outside the group: never here
+            raise RuntimeError("this rank is not in the evaluation group")
+        _eval_group = (world, group)
+    return _eval_group[1]
+
+
+def shard(n: int) -> range:
+    """This rank's contiguous share of n evaluation samples (rank order = sample order)."""
+    per = -(-n // world_size())
+    return range(min(n, rank() * per), min(n, (rank() + 1) * per))
+
+
+@torch.no_grad()
+def gather_to_rank0(x: torch.Tensor) -> torch.Tensor | None:
+    """Every rank's rows of x (n_r, ...) concatenated in rank order, on rank 0 (None elsewhere);
+    shards may differ in length. CPU, through the evaluation group (EVAL_WAIT timeout)."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    group, x = _group(), x.detach().cpu().contiguous()
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]]), group=group)
+    longest = int(max(int(s) for s in sizes))
+    padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype)
+    padded[: x.shape[0]] = x
+    out = [torch.empty_like(padded) for _ in range(world_size())] if rank() == 0 else None
+    dist.gather(padded, out, dst=0, group=group)
+    if out is None:
+        return None
+    return torch.cat([o[: int(n)] for o, n in zip(out, sizes)])
+
+
+def wait_for_evaluation() -> None:
+    """Every rank waits here (in the evaluation group, EVAL_WAIT timeout) until rank 0 has
+    finished evaluating, so the next training collective starts together."""
+    if is_distributed() and world_size() > 1:
+        dist.barrier(group=_group())

@@ -153,8 +153,8 @@ class Clusters:
 
 def cluster_stage(cfg: RunConfig, src: RunConfig, src_uri: str) -> Clusters:
     """Source features over the target's training split -> k-means -> pseudo-labels."""
-    from sslray.data.datasets import load_arrays
-    from sslray.eval.features import extract_features
+    from sslray.data.datasets import load_arrays, load_image_folder
+    from sslray.eval.features import extract_features, extract_folder_features
     from sslray.eval.kmeans import kmeans, nmi, purity
     from sslray.methods import MethodContext, as_module, build_method
     from sslray.models.taps import LayerFeatures
@@ -167,13 +167,18 @@ def cluster_stage(cfg: RunConfig, src: RunConfig, src_uri: str) -> Clusters:
     method = build_method(src.method, ctx)
     as_module(method).load_state_dict(state["model"])
     encoder = LayerFeatures(method.feature_encoder(), m.layer).to(device)
+    # The TARGET's training split; pseudo-label i belongs to sample i, the index the training
+    # stream hands the target (ArrayStream rows, FileStream's ImageFolder sample index).
+    spec, bs = image_spec(cfg.data), cfg.eval.batch_size
     if dataset_info(cfg.data.dataset).files:
-        raise ConfigError("data.dataset", ["data.dataset: the cc pipeline clusters in-memory "
-                                           "datasets so far (imagefolder: not yet)"])
-    data = load_arrays(cfg.data, "train")  # the TARGET's training split, row i = sample i
-    feats = extract_features(encoder, data, image_spec(cfg.data), cfg.eval.batch_size, device)
+        folder = load_image_folder(cfg.data, "train")
+        feats, true = extract_folder_features(encoder, folder, spec, bs, device,
+                                              cfg.data.loader_workers)
+    else:
+        data = load_arrays(cfg.data, "train")
+        feats, true = extract_features(encoder, data, spec, bs, device), data.labels
     result = kmeans(feats.numpy(), m.k, seed=cfg.seed, iters=m.kmeans_iters, pca_dim=m.pca_dim)
-    labels = data.labels.numpy()
+    labels = true.numpy()
     stats: dict[str, Any] = {
         "k": m.k, "layer": m.layer, "n": len(labels), "seed": cfg.seed,
         "objective": float(result.objective), "empty_clusters": int(result.empty_clusters),

@@ -51,6 +51,10 @@ class ImageArrays:
         idx = torch.randperm(len(self), generator=g)[:n].sort().values
         return ImageArrays(self.images[idx], self.labels[idx], self.num_classes, self.name)
 
+    def slice(self, start: int, stop: int) -> ImageArrays:
+        return ImageArrays(self.images[start:stop], self.labels[start:stop], self.num_classes,
+                           self.name)
+
     def resized(self, size: int | None) -> ImageArrays:
         if size is None or self.images.shape[-1] == size:
             return self

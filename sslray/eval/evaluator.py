@@ -2,22 +2,36 @@
 
 Used at the start and end of a training run (`sslray.training.loop.fit`) and by `sslray eval`
 on a finished run directory.
+
+In a run of several workers every rank builds the Evaluator and extracts the features of its own
+contiguous share of each split (`distributed.shard`); rank 0 gathers them (in sample order) and
+alone runs kNN and the probes, so feature extraction, the bulk of the work at ImageNet scale,
+scales with the workers. Only rank 0 gets metrics (the others get {}); `fit()` then has every
+rank wait in `distributed.wait_for_evaluation`, whose gloo group has its own long timeout, so
+no rank sits in a training collective (NCCL's 30-minute timeout) while rank 0 evaluates.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from sslray import distributed as dist
 from sslray.config import RunConfig
 from sslray.config_types import DataConfig
-from sslray.data.catalog import dataset_info, image_spec, transfer_spec
+from sslray.data.catalog import ImageSpec, dataset_info, image_spec, transfer_spec
 from sslray.data.datasets import load_arrays, load_image_folder
 from sslray.eval.features import extract_features, extract_folder_features
 from sslray.eval.knn import knn_top1
 from sslray.eval.linear import linear_probe_fast, linear_probe_paper, linear_probe_paper_folder
+
+# Fault injection for tests: rank 0 sleeps this many seconds in each kNN/probe evaluation (a slow
+# evaluation, e.g. ImageNet's 1.28M-image kNN, without the images).
+SLOW_EVAL_ENV = "SSLRAY_FAULT_SLOW_EVAL_S"
 
 
 class Evaluator:
@@ -44,16 +58,26 @@ class Evaluator:
             self.splits = (train, load_arrays(cfg.data, "test"))
             self.num_classes = train.num_classes
 
-    def features(self, encoder: nn.Module, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        bs = self.cfg.eval.batch_size
+    def features(self, encoder: nn.Module, data: Any,
+                 spec: ImageSpec | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features, labels) of every sample of `data` on rank 0 (None on the others), each
+        rank extracting its own share."""
+        bs, spec = self.cfg.eval.batch_size, spec or self.spec
+        mine = dist.shard(len(data))
         if self.files:
-            return extract_folder_features(encoder, data, self.spec, bs, self.device,
-                                           self.cfg.data.loader_workers)
-        feats = extract_features(encoder, data, self.spec, bs, self.device)
-        return feats, data.labels
+            feats, labels = extract_folder_features(encoder, data, spec, bs, self.device,
+                                                    self.cfg.data.loader_workers, indices=mine)
+        else:
+            part = data.slice(mine.start, mine.stop)
+            feats, labels = extract_features(encoder, part, spec, bs, self.device), part.labels
+        all_feats, all_labels = dist.gather_to_rank0(feats), dist.gather_to_rank0(labels)
+        return None if all_feats is None or all_labels is None else (all_feats, all_labels)
 
     def linear_paper(self, encoder: nn.Module) -> dict[str, float]:
-        """MoCo's linear protocol through the frozen encoder (in-memory arrays or image folders)."""
+        """MoCo's linear protocol through the frozen encoder (in-memory arrays or image folders).
+        Rank 0 alone trains it (the others return {} and wait in fit())."""
+        if dist.rank() != 0:
+            return {}
         train, test = self.splits
         e = self.cfg.eval
         args = (encoder, train, test, self.spec)
@@ -79,9 +103,11 @@ class Evaluator:
         return out
 
     def __call__(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
-        (train_x, train_y), (test_x, test_y) = (self.features(encoder, s) for s in self.splits)
-        return self._protocols((train_x, train_y, test_x, test_y), self.num_classes,
-                               "eval/", suffix)
+        train, test = (self.features(encoder, s) for s in self.splits)
+        if train is None or test is None:
+            return {}  # not rank 0
+        time.sleep(float(os.environ.get(SLOW_EVAL_ENV) or 0))
+        return self._protocols((*train, *test), self.num_classes, "eval/", suffix)
 
     def _transfer_splits(self, name: Any) -> tuple[Any, Any]:
         """A transfer dataset's (train, test) arrays, loaded once per run (init and end reuse)."""
@@ -97,12 +123,11 @@ class Evaluator:
         Images are resized to the pre-training size and normalised with their own statistics.
         """
         out: dict[str, float] = {}
-        bs = self.cfg.eval.batch_size
         for name in self.cfg.eval.transfer:
             spec = transfer_spec(name, self.spec.size)
-            train, test = self._transfer_splits(name)
-            train_x = extract_features(encoder, train, spec, bs, self.device)
-            test_x = extract_features(encoder, test, spec, bs, self.device)
-            out.update(self._protocols((train_x, train.labels, test_x, test.labels),
-                                       train.num_classes, f"transfer/{name}/", suffix))
+            splits = self._transfer_splits(name)
+            train, test = (self.features(encoder, s, spec) for s in splits)
+            if train is not None and test is not None:
+                out.update(self._protocols((*train, *test), splits[0].num_classes,
+                                           f"transfer/{name}/", suffix))
         return out

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 
 from sslray.data.catalog import ImageSpec
@@ -64,10 +64,13 @@ def extract_folder_features(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    indices: range | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) features and (N,) labels of an image-file dataset (torchvision ImageFolder)."""
+    """(N, D) features and (N,) labels of an image-file dataset (torchvision ImageFolder), or of
+    its samples `indices` (one rank's share)."""
     folder.transform = folder_eval_transform(spec)
-    loader = DataLoader(folder, batch_size=batch_size, num_workers=num_workers)
+    data = folder if indices is None else Subset(folder, indices)
+    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers)
     feats, labels = [], []
     with frozen(encoder):
         for x, y in loader:

@@ -213,6 +213,10 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
         },
         tune_config=ray.tune.TuneConfig(
             scheduler=_scheduler(spec, trials), max_concurrent_trials=conc,
+            # A trial that trains in its actor leaves nothing behind but its files, so the next
+            # trial reuses the warm actor (torch and sslray imported, same reservation): a short
+            # trial no longer pays a Python process start (benchmarks/sweep_overhead.py).
+            reuse_actors=needs.in_actor,
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_name,
         ),
         run_config=ray.tune.RunConfig(

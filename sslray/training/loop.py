@@ -197,8 +197,9 @@ def fit(
     `inputs`: what earlier pipeline stages produced for this run (the cc pseudo-labels).
     `on_epoch_end(metrics, trainer)`: called on every worker after each epoch (Ray reports and
     checkpoints there). `on_step(epoch, step)`: after each optimiser step (0-based indices; the
-    fault-injection tests kill a worker there). train/* metrics are averaged over workers; rank 0
-    alone evaluates, so eval/* metrics exist on rank 0 only (the one whose reports Ray Train keeps).
+    fault-injection tests kill a worker there). train/* metrics are averaged over workers; every
+    rank extracts its share of the evaluation features, rank 0 alone computes kNN and the probes,
+    so eval/* metrics exist on rank 0 only (the one whose reports Ray Train keeps).
     """
     started = time.perf_counter()
     rank, world = dist.rank(), dist.world_size()
@@ -215,8 +216,10 @@ def fit(
     trainer = Trainer(cfg, stream.steps_per_epoch, device, wrap, ctx)
     if resume is not None:
         trainer.load_state_dict(resume)
-    evaluator = Evaluator(cfg, device, train=data) if rank == 0 else None
-    if evaluator is not None and cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
+    # Every rank extracts its share of the features; rank 0 alone gets eval/* metrics, and the
+    # others wait for it outside the training collectives (sslray.eval.evaluator).
+    evaluator = Evaluator(cfg, device, train=data)
+    if cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
         # The random-init baseline of the same backbone, kept in the checkpoint for resumes.
         encoder = trainer.method.feature_encoder()
         trainer.extra.update(evaluator(encoder, suffix="_init"))
@@ -224,6 +227,7 @@ def fit(
         if cfg.eval.pixels:  # (N, 3*H*W) normalised pixels through the same probes
             trainer.extra.update(evaluator(nn.Flatten(), suffix="_pixels"))
             trainer.extra.update(evaluator.transfer(nn.Flatten(), suffix="_pixels"))
+        dist.wait_for_evaluation()
     # Constants of earlier stages in every report (cc: the clustering's NMI, k, the source's kNN).
     trainer.extra.update(inputs.report)
     progress = EpochProgress(
@@ -259,12 +263,14 @@ def fit(
             )
         last = epoch + 1 == cfg.train.epochs
         every = cfg.eval.every_n_epochs
-        if evaluator is not None and (last or (every and (epoch + 1) % every == 0)):
+        if last or (every and (epoch + 1) % every == 0):
             metrics.update(evaluator(trainer.method.feature_encoder()))
-        if evaluator is not None and last:
+        if last:
             metrics.update(evaluator.transfer(trainer.method.feature_encoder()))
             if cfg.eval.linear_paper_epochs:
                 metrics.update(evaluator.linear_paper(trainer.method.feature_encoder()))
+        if last or (every and (epoch + 1) % every == 0):
+            dist.wait_for_evaluation()
         # Cost, kept across resumes: wall seconds of training + evaluation, and device-hours
         # (workers x GPUs per worker, or x CPUs per worker on CPU runs).
         trainer.extra["wall_s"] = trainer.extra.get("wall_s", 0.0) + time.perf_counter() - start

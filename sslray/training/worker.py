@@ -20,10 +20,11 @@ from typing import Any
 import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.config import LoggingConfig
 
 from sslray.config import RunConfig
+from sslray.eval.evaluator import SLOW_EVAL_ENV
 from sslray.methods import SSLMethod
 from sslray.storage import Location, location
 from sslray.training.checkpoint import FINAL_FILE, STATE_FILE, load_state, save_state
@@ -108,6 +109,8 @@ def epoch_reporter(cfg: RunConfig, run: Location, report: Callable[..., None],
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     _quiet_ray_train_logs()
+    if config.get("slow_eval"):  # fault injection for tests (the driver's env is not ours)
+        os.environ[SLOW_EVAL_ENV] = config["slow_eval"]
     cfg = RunConfig.model_validate_json(config["cfg"])
     run_loc = location(config["run_dir"])
     ctx = ray.train.get_context()
@@ -164,9 +167,11 @@ def run_training(
             "cfg": cfg.model_dump_json(),
             "run_dir": loc.uri,
             "fault": os.environ.get(FAULT_ENV),
+            "slow_eval": os.environ.get(SLOW_EVAL_ENV),
             "verbose": verbose,  # read here: workers do not see the driver's env
             "inputs": inputs,
         },
+        torch_config=TorchConfig(timeout_s=res.collective_timeout_s),
         scaling_config=ScalingConfig(
             num_workers=res.workers, use_gpu=res.use_gpu,
             placement_strategy=res.placement_strategy,

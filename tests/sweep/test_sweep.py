@@ -324,3 +324,31 @@ def test_one_worker_trials_train_in_their_actor_and_asha_stops_the_bad_one(
     # (ASHA ends even a full trial at max_t while fit() still blocks, so neither path writes
     # train-<id>/result.json under ASHA; final.pt is written before the last report.)
     assert (run / "final.pt").is_file() and frame.loc[0.05, "eval/knn_top1"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_reused_trial_actor_trains_each_trial_afresh(ray_session: Any, tmp_path: Path) -> None:
+    """1-worker trials reuse one warm actor (Tune's reuse_actors): trials 2 and 3 run in trial
+    1's process, yet each starts from scratch (no checkpoint of the previous trial, its own
+    seed) and reaches the loss that the same config reaches in a fresh process."""
+    from sslray.sweep.runner import run_sweep
+    from sslray.training.loop import fit
+
+    base = tiny_raw(train={"epochs": 2, "batch_size": 32}, eval={"knn_k": 10, "at_init": False})
+    path = write_sweep(tmp_path, base=base, seeds=[0, 1, 2], grid={},
+                       resources={"workers": 1, "cpus_per_worker": 1.0,
+                                  "max_concurrent_trials": 1})
+    spec = load_sweep(path)
+    trials = expand(spec)
+    results = run_sweep(spec, trials, quiet=True)
+    assert results.num_errors == 0
+    by_seed = {r.config["trial"]["seed"]: r.metrics for r in results}
+    assert len({m["pid"] for m in by_seed.values()}) == 1  # one actor ran all three
+    for t in trials:
+        m = by_seed[t.seed]
+        assert m["train/resumed_from_epoch"] == 0.0 and m["epoch"] == 2.0
+        alone = fit(t.config, verbose=False)
+        assert m["train/loss"] == pytest.approx(alone["train/loss"], rel=1e-5), t.seed
+    losses = [by_seed[s]["train/loss"] for s in (0, 1, 2)]
+    assert len(set(losses)) == 3  # the seeds differ, so a leaked state would show

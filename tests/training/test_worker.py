@@ -138,3 +138,66 @@ def test_moco_on_two_ray_workers_keeps_one_queue_and_one_model(ray_session, tmp_
     assert r0["key_sum"] == pytest.approx(r1["key_sum"], rel=1e-6)  # same momentum encoder
     assert r0["metrics"]["train/loss"] == r1["metrics"]["train/loss"]  # all-reduced
     assert "eval/knn_top1" in r0["metrics"] and "eval/knn_top1" not in r1["metrics"]
+
+
+def _two_rank_eval(config: dict) -> None:
+    import ray.train
+
+    from sslray import distributed as dist
+    from sslray.config import RunConfig as SslrayConfig
+    from sslray.eval.evaluator import Evaluator
+
+    cfg = SslrayConfig.model_validate_json(config["cfg"])
+    torch.manual_seed(0)  # the same encoder on both ranks
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+    shard = dist.shard(len(Evaluator(cfg, torch.device("cpu")).splits[0]))
+    metrics = Evaluator(cfg, torch.device("cpu"))(encoder)
+    dist.wait_for_evaluation()
+    Path(config["out"], f"rank{dist.rank()}.json").write_text(json.dumps(
+        {"metrics": metrics, "shard": [shard.start, shard.stop]}))
+    ray.train.report({"done": 1.0})
+
+
+def test_evaluation_is_sharded_over_ranks_and_equals_one_process(ray_session, tmp_path):
+    """Each rank extracts its half of the features; rank 0's kNN and probe on the gathered
+    features equal a single process's exactly (same encoder, same order)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from sslray.eval.evaluator import Evaluator
+
+    cfg = tiny_config(resources={"workers": 2}, data={"synthetic_size": 101})
+    TorchTrainer(
+        _two_rank_eval,
+        train_loop_config={"cfg": cfg.model_dump_json(), "out": str(tmp_path)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="eval2", storage_path=str(tmp_path / "ray"),
+                             failure_config=FailureConfig(max_failures=0)),
+    ).fit()
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["shard"] == [0, 51] and r1["shard"] == [51, 101]  # uneven shards, in order
+    assert r1["metrics"] == {}  # only rank 0 computes metrics
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+    alone = Evaluator(cfg, torch.device("cpu"))(encoder)
+    assert set(alone) == set(r0["metrics"]) and "eval/knn_top1" in alone
+    for key, value in alone.items():
+        assert r0["metrics"][key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_slow_rank0_evaluation_does_not_time_out_training_collectives(
+    ray_session, tmp_path, monkeypatch
+):
+    """Rank 0 evaluates for 12 s at the start (the random-init kNN, as at ImageNet scale) while
+    the training collectives time out after 4 s: rank 1 must wait outside them, in the
+    evaluation group, or MoCo's first shuffle-BN all_gather times out and the run fails."""
+    from sslray.eval.evaluator import SLOW_EVAL_ENV
+
+    monkeypatch.setenv(SLOW_EVAL_ENV, "12")
+    cfg = tiny_config(train={"epochs": 1, "batch_size": 32},
+                      resources={"workers": 2, "collective_timeout_s": 4, "max_failures": 0},
+                      method={"name": "moco", "queue_size": 64, "dim": 16, "bn": "shuffle"},
+                      eval={"at_init": True})
+    metrics = run_training(cfg, tmp_path / "slow")
+    assert metrics["epoch"] == 1.0
+    assert "eval/knn_top1_init" in metrics and "eval/knn_top1" in metrics
