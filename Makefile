@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-install
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FMNIST_LOCAL := $(or $(SSLRAY_DATA),data)/fashion_mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test install data lint clean bench bench-smoke peer-venv
+.PHONY: demo test install data lint clean bench bench-smoke peer-venv rehearsal scale
 
 # The quickstart sweep (sweeps/quickstart.yaml): every method, 2 seeds, on Ray Tune; prints its
 # table and writes it (md/tex/csv) and its figure under runs/sweeps/quickstart/.
@@ -66,6 +66,21 @@ bench: install peer-venv
 	$(PY) -m benchmarks.sweep_overhead --trials 40 --trials2 6 \
 		--out $(BENCH_OUT)/sweep_overhead.jsonl
 	$(PY) -m benchmarks.summarize --results $(BENCH_OUT)
+
+# Every imagenet_* config on a generated 10-class x 40/10 JPEG folder (ResNet-50, 224 px, 2 gloo
+# workers, a worker killed and resumed): about 10 minutes. `make test` runs the same on a
+# smaller folder (tests/rehearsal/).
+rehearsal: install
+	$(PY) -m benchmarks.rehearsal --out $(BENCH_OUT)/rehearsal.jsonl
+
+# Large grids: a 1,000-trial sweep (wall time, driver memory, status table), then analysis of
+# 10 / 1,000 / 10,000-trial sweeps grown from it. About 15 minutes.
+scale: install
+	rm -rf /tmp/sslray-load1000
+	$(PY) benchmarks/load_sweep.py --trials 1000 --keep /tmp/sslray-load1000 \
+		--out $(BENCH_OUT)/load_sweep.jsonl
+	$(PY) -m benchmarks.analysis_scale --source /tmp/sslray-load1000/sweeps/load \
+		--sizes 10,1000,10000 --out $(BENCH_OUT)/analysis_scale.jsonl
 
 # Every script at toy sizes (tiny backbone, batch 16): checks the wiring in about 2 minutes.
 # Its figures mean nothing; they go to $(BENCH_SMOKE_OUT), never over the real results.

@@ -73,6 +73,9 @@ class OptimConfig(StrictModel):
 class TrainConfig(StrictModel):
     epochs: int = Field(default=200, ge=1)  # MoCo v1/v2 headline: 200 epochs
     batch_size: int = Field(default=256, ge=2)  # global batch over all workers; MoCo: 256
+    # At most this many steps per epoch (None: the whole split). For rehearsals of a big config
+    # on a small machine (`make rehearsal`); the LR schedule follows the steps actually taken.
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
     # bf16 autocast for the networks (losses stay fp32): faster on CPUs with AVX-512 BF16 and on
     # GPUs (benchmarks/results/MEASUREMENTS.md#train-precision); "auto" picks bf16 only
     # where the hardware has it (emulated bf16 is slower than fp32).

@@ -284,6 +284,14 @@ def max_concurrent(spec: SweepSpec, trials: list[Trial], cluster: dict[str, floa
     return max(1, math.floor(fits + 1e-9))
 
 
+def _values(values: list[Any], shown: int = 8) -> str:
+    """A grid's values, the middle elided past `shown` (a 500-value grid stays one line)."""
+    if len(values) <= shown:
+        return str(values)
+    head, tail = ", ".join(map(str, values[:shown - 2])), ", ".join(map(str, values[-2:]))
+    return f"[{head}, ..., {tail}] ({len(values)} values)"
+
+
 def describe_sweep(spec: SweepSpec, trials: list[Trial]) -> str:
     res = spec.resources
     per = f"{res.workers} worker(s) x {res.cpus_per_worker:g} CPU"
@@ -302,8 +310,8 @@ def describe_sweep(spec: SweepSpec, trials: list[Trial]) -> str:
         f"trials:    {len(trials)} = {len(labels)} variant(s), {points} grid point(s), "
         f"{len(spec.seeds)} seed(s)",
         f"variants:  {', '.join(labels)}",
-        *[f"grid:      {k} in {v}" for k, v in spec.grid.items()],
-        *[f"grid:      ({name}) {k} in {v}" for name, var in spec.variants.items()
+        *[f"grid:      {k} in {_values(v)}" for k, v in spec.grid.items()],
+        *[f"grid:      ({name}) {k} in {_values(v)}" for name, var in spec.variants.items()
           for k, v in (var.grid or {}).items()],
         f"epochs:    {', '.join(map(str, epochs))}",
         f"per trial: {per} ({how}) = {need}",

@@ -6,6 +6,7 @@ workers (torch.distributed set up by Ray; DDP via the `wrap` callback).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -213,7 +214,8 @@ def fit(
     stream = make_stream(cfg.data, data, cfg.method.view_augs, cfg.train.batch_size // world,
                          world, rank, cfg.seed, use_gpu=device.type == "cuda")
     ctx = MethodContext.of(cfg, num_samples=len(data), pseudo_labels=inputs.pseudo_labels)
-    trainer = Trainer(cfg, stream.steps_per_epoch, device, wrap, ctx)
+    steps = min(stream.steps_per_epoch, cfg.train.max_steps_per_epoch or stream.steps_per_epoch)
+    trainer = Trainer(cfg, steps, device, wrap, ctx)
     if resume is not None:
         trainer.load_state_dict(resume)
     # Every rank extracts its share of the features; rank 0 alone gets eval/* metrics, and the
@@ -231,7 +233,7 @@ def fit(
     # Constants of earlier stages in every report (cc: the clustering's NMI, k, the source's kNN).
     trainer.extra.update(inputs.report)
     progress = EpochProgress(
-        cfg.train.epochs, stream.steps_per_epoch, enabled=verbose and rank == 0
+        cfg.train.epochs, steps, enabled=verbose and rank == 0
     )
     metrics: dict[str, float] = {}
     for epoch in range(trainer.epoch, cfg.train.epochs):
@@ -239,7 +241,7 @@ def fit(
         trainer.model.train()
         sums: dict[str, torch.Tensor] = {}
         start = time.perf_counter()
-        for i, batch in enumerate(stream.epoch(epoch)):
+        for i, batch in enumerate(itertools.islice(stream.epoch(epoch), steps)):
             for name, value in trainer.train_step(batch).items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
             if on_step is not None:
@@ -249,13 +251,13 @@ def fit(
         elapsed = time.perf_counter() - start
         trainer.epoch = epoch + 1
         names = sorted(sums)
-        means = dist.all_reduce_mean(torch.stack([sums[n] for n in names]) / stream.steps_per_epoch)
+        means = dist.all_reduce_mean(torch.stack([sums[n] for n in names]) / steps)
         metrics = {"epoch": float(epoch + 1)}
         metrics.update({f"train/{n}": float(v) for n, v in zip(names, means.tolist())})
-        metrics["train/lr"] = lr_at(cfg, max(trainer.step - 1, 0), stream.steps_per_epoch)
+        metrics["train/lr"] = lr_at(cfg, max(trainer.step - 1, 0), steps)
         metrics["train/bf16"] = float(trainer.bf16)
         metrics["train/epoch_s"] = elapsed
-        metrics["train/images_per_s"] = stream.steps_per_epoch * cfg.train.batch_size / elapsed
+        metrics["train/images_per_s"] = steps * cfg.train.batch_size / elapsed
         if not math.isfinite(metrics.get("train/loss", 0.0)):
             raise FloatingPointError(
                 f"train/loss is {metrics['train/loss']} after epoch {epoch + 1}: the run diverged "
