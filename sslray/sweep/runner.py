@@ -217,7 +217,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
             # the trials' configs made that O(trials^2) (110 s of driver CPU at 1,000 trials,
             # hours at 10,000). The grid is over indices; each trial's config is looked up.
             "trial_index": ray.tune.grid_search(list(range(len(trials)))),
-            "trial": ray.tune.sample_from(lambda spec: table[spec.config.trial_index]),
+            "trial": ray.tune.sample_from(
+                lambda spec: table[spec.config.trial_index]),  # type: ignore[attr-defined]
         },
         tune_config=ray.tune.TuneConfig(
             scheduler=_scheduler(spec, trials), max_concurrent_trials=conc,
