@@ -20,7 +20,6 @@ never runs code after `fit()`.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import os
 import sys
@@ -226,8 +225,10 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
             # trial reuses the warm actor (torch and sslray imported, same reservation): a short
             # trial no longer pays a Python process start (benchmarks/sweep_overhead.py).
             reuse_actors=needs.in_actor,
-            trial_dirname_creator=functools.partial(trial_dirname, table),
-            trial_name_creator=functools.partial(trial_name, table),
+            # closures, not functools.partial: Tune deep-copies its experiment spec per trial,
+            # and a partial's arguments (the table) would be copied with it
+            trial_dirname_creator=lambda trial: trial_dirname(table, trial),
+            trial_name_creator=lambda trial: trial_name(table, trial),
         ),
         run_config=ray.tune.RunConfig(
             name=loc.name,
