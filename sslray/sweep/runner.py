@@ -20,6 +20,7 @@ never runs code after `fit()`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import sys
@@ -73,11 +74,13 @@ def sweep_location(spec: SweepSpec, smoke: bool) -> Location:
     return location(spec.storage).child(spec.name + ("-smoke" if smoke else ""))
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The function trainable: write config.json, then run the trial's (pipeline of) Train runs."""
+def run_trial(config: dict[str, Any], table: list[dict[str, Any]]) -> None:
+    """The function trainable: write config.json, then run the trial's (pipeline of) Train runs.
+    `table`: every trial's label, grid point, seed and run config (`Trial.to_json`), shipped
+    once through the object store (`ray.tune.with_parameters`)."""
     ctx = ray.tune.get_context()
     trial_id = ctx.get_trial_id()
-    trial = config["trial"]
+    trial = table[config["trial_index"]]
     cfg = RunConfig.model_validate(trial["config"])
     trial_loc = location(config["sweep_uri"]).child(Path(ctx.get_trial_dir()).name)
     trial_loc.write_text(json.dumps({
@@ -95,16 +98,52 @@ def run_trial(config: dict[str, Any]) -> None:
         run_any(cfg, run_loc, callbacks=[TuneReportCallback()], verbose=False)
 
 
-def trial_bundle(config: dict[str, Any], driver_resource: str | None = None) -> Any:
-    """The trial actor's reservation (Tune calls this per trial with its config): the worker's
-    devices when the trial trains in its actor, else a driver sliver (Train reserves the rest)."""
+def param_space(spec: SweepSpec, loc: Location, table: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Tuner's param space: the sweep's constants and one grid over the trial indices.
+
+    What scales to 10,000s of trials: Tune deep-copies the unresolved param space (and its
+    experiment spec) for every trial it creates, and serialises every trial's config into its
+    experiment state, which it saves every few seconds and whenever a trial has checkpointed
+    twice. A grid over the trials' run configs made the first O(trials^2) (110 s of driver CPU
+    at 1,000 trials, hours at 10,000) and the state megabytes. So the grid is over indices, a
+    trial's Tune config holds only its label, seed and grid point (what Aim and the status table
+    show; looked up in `table` by a closure, which deepcopy does not copy) and the run configs
+    reach the trainable once, through the object store (`trainable()`).
+    """
+    return {
+        "sweep_uri": loc.uri,
+        "driver_cpus": spec.resources.driver_cpus,
+        "driver_resource": spec.resources.driver_resource,
+        "trial_index": ray.tune.grid_search(list(range(len(table)))),
+        "trial": ray.tune.sample_from(
+            lambda spec: _identity(table[spec.config.trial_index])),  # type: ignore[attr-defined]
+    }
+
+
+def _identity(trial: dict[str, Any]) -> dict[str, Any]:
+    return {"label": trial["label"], "seed": trial["seed"], "grid": trial["grid"]}
+
+
+def trainable(spec: SweepSpec, table: list[dict[str, Any]]) -> Any:
+    """`run_trial` with the trial table (object store) and each trial's reservation."""
+    res = spec.resources
+    with_table = ray.tune.with_parameters(run_trial, table=table)
+    return ray.tune.with_resources(  # type: ignore[arg-type]
+        with_table, lambda config: trial_bundle(table[config["trial_index"]], res.driver_cpus,
+                                                res.driver_resource))
+
+
+def trial_bundle(trial: dict[str, Any], driver_cpus: float,
+                 driver_resource: str | None = None) -> Any:
+    """The trial actor's reservation (Tune asks per trial): the worker's devices when the trial
+    trains in its actor, else a driver sliver (Train reserves the rest)."""
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
-    cfg = RunConfig.model_validate(config["trial"]["config"])
+    cfg = RunConfig.model_validate(trial["config"])
     res = cfg.resources
     bundle: dict[str, float] = (
         {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
-        if runs_in_trial(cfg, driver_resource) else {"CPU": config.get("driver_cpus", 0.01)})
+        if runs_in_trial(cfg, driver_resource) else {"CPU": driver_cpus})
     if driver_resource:
         bundle[driver_resource] = 0.01
     return PlacementGroupFactory([bundle])
@@ -123,8 +162,27 @@ def trial_name(table: list[dict[str, Any]], trial: Any) -> str:
     return f"{t['label']}_s{t['seed']}" + (f"_{point}" if point else "")
 
 
+def trials_digest(table: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_same_trials(loc: Location, table: list[dict[str, Any]]) -> None:
+    """A restored sweep looks its trials up by index: the sweep file must still expand to the
+    same trials, in the same order, as when the sweep started (sweep.json's digest)."""
+    if not loc.exists("sweep.json"):
+        return  # a sweep started before the digest existed: nothing to compare with
+    meta = json.loads(loc.read_text("sweep.json"))
+    digest = meta.get("trials_digest")
+    if digest is not None and digest != trials_digest(table):
+        raise FileExistsError(
+            f"{loc.uri}: the sweep file now expands to different trials ({len(table)}) than when "
+            f"this sweep started ({meta.get('trials')}); --resume needs the same trials. Undo "
+            f"the change, or start again with --overwrite (or a new `name`).")
+
+
 def write_sweep_json(spec: SweepSpec, trials: list[Trial], loc: Location, smoke: bool) -> None:
     loc.write_text(json.dumps({
+        "trials_digest": trials_digest([t.to_json() for t in trials]),
         "name": spec.name,
         "table": spec.table,
         "grid": spec.grid,
@@ -176,14 +234,14 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
         os.environ.setdefault(key, value)
     loc = sweep_location(spec, smoke)
     exists = loc.exists("sweep.json") or loc.exists("tuner.pkl")
-    custom = spec.resources.driver_resource
-    trainable = ray.tune.with_resources(
-        run_trial, lambda config: trial_bundle(config, custom))  # type: ignore[arg-type]
+    table = [t.to_json() for t in trials]
+    fn = trainable(spec, table)
     if resume:
         if not ray.tune.Tuner.can_restore(loc.uri):
             raise FileExistsError(f"{loc.uri}: no sweep to resume here (no tuner.pkl); run it "
                                   f"without --resume first")
-        tuner = ray.tune.Tuner.restore(loc.uri, trainable=trainable, resume_unfinished=True,
+        check_same_trials(loc, table)
+        tuner = ray.tune.Tuner.restore(loc.uri, trainable=fn, resume_unfinished=True,
                                        resume_errored=True)
         return tuner.fit()
     if exists and not overwrite:
@@ -205,20 +263,9 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
               f"cluster grows (lower resources.cpus_per_worker / workers to run here)",
               file=sys.stderr, flush=True)
     parent = location(spec.storage)
-    table = [t.to_json() for t in trials]
     tuner = ray.tune.Tuner(
-        trainable,
-        param_space={
-            "sweep_uri": loc.uri,
-            "driver_cpus": spec.resources.driver_cpus,
-            "driver_resource": spec.resources.driver_resource,
-            # Tune deep-copies the unresolved param space for every trial it creates: a grid over
-            # the trials' configs made that O(trials^2) (110 s of driver CPU at 1,000 trials,
-            # hours at 10,000). The grid is over indices; each trial's config is looked up.
-            "trial_index": ray.tune.grid_search(list(range(len(trials)))),
-            "trial": ray.tune.sample_from(
-                lambda spec: table[spec.config.trial_index]),  # type: ignore[attr-defined]
-        },
+        fn,
+        param_space=param_space(spec, loc, table),
         tune_config=ray.tune.TuneConfig(
             scheduler=_scheduler(spec, trials), max_concurrent_trials=conc,
             # A trial that trains in its actor leaves nothing behind but its files, so the next

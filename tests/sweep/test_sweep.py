@@ -352,3 +352,48 @@ def test_reused_trial_actor_trains_each_trial_afresh(ray_session: Any, tmp_path:
         assert m["train/loss"] == pytest.approx(alone["train/loss"], rel=1e-5), t.seed
     losses = [by_seed[s]["train/loss"] for s in (0, 1, 2)]
     assert len(set(losses)) == 3  # the seeds differ, so a leaked state would show
+
+
+def test_tune_copies_of_the_param_space_do_not_grow_with_the_trials(tmp_path: Path) -> None:
+    """Tune deep-copies the unresolved param space once per trial it creates; the objects one
+    copy makes must not grow with the trial count (a grid over 1,000 configs made the copies
+    O(trials^2): 110 s of driver CPU). Counted by deepcopy's memo, not timed."""
+    import copy
+
+    from sslray.storage import location
+    from ray.tune import grid_search as ray_grid
+
+    from sslray.sweep.runner import param_space
+
+    spec = load_sweep(write_sweep(tmp_path))
+    table = expand(spec)[0].to_json()
+
+    def copied(trials: int) -> int:
+        memo: dict[int, Any] = {}
+        distinct = [json.loads(json.dumps(table)) for _ in range(trials)]  # as expand() makes
+        copy.deepcopy(param_space(spec, location(tmp_path), distinct), memo)
+        return len(memo)
+
+    assert copied(1000) - copied(10) <= 10  # only the grid's index list itself grows
+    # (what it guards against: the same configs in a grid make every copy copy them all)
+    def copied_grid(trials: int) -> int:
+        memo: dict[int, Any] = {}
+        copy.deepcopy({"trial": ray_grid([json.loads(json.dumps(table))
+                                          for _ in range(trials)])}, memo)
+        return len(memo)
+
+    assert copied_grid(100) - copied_grid(10) > 90 * 10
+
+
+def test_resume_refuses_a_sweep_file_that_now_expands_to_other_trials(tmp_path: Path) -> None:
+    """A restored sweep looks its trials up by index, so --resume checks sweep.json's digest."""
+    from sslray.sweep.runner import check_same_trials, sweep_location, write_sweep_json
+
+    spec = load_sweep(write_sweep(tmp_path))
+    trials = expand(spec)
+    loc = sweep_location(spec, smoke=False)
+    write_sweep_json(spec, trials, loc, smoke=False)
+    check_same_trials(loc, [t.to_json() for t in trials])  # unchanged: fine
+    edited = load_sweep(write_sweep(tmp_path, grid={"method.temperature": [0.1, 0.3]}))
+    with pytest.raises(FileExistsError, match="different trials.*--overwrite"):
+        check_same_trials(loc, [t.to_json() for t in expand(edited)])
