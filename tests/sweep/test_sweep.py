@@ -360,9 +360,9 @@ def test_tune_copies_of_the_param_space_do_not_grow_with_the_trials(tmp_path: Pa
     O(trials^2): 110 s of driver CPU). Counted by deepcopy's memo, not timed."""
     import copy
 
-    from sslray.storage import location
     from ray.tune import grid_search as ray_grid
 
+    from sslray.storage import location
     from sslray.sweep.runner import param_space
 
     spec = load_sweep(write_sweep(tmp_path))
