@@ -98,6 +98,28 @@ def run_trial(config: dict[str, Any], table: list[dict[str, Any]]) -> None:
         run_any(cfg, run_loc, callbacks=[TuneReportCallback()], verbose=False)
 
 
+# The trial tables of the sweeps this driver runs, by sweep URI. Tune pickles every function it
+# holds (the name creators, the resources function, sample_from) into each trial's state and its
+# experiment snapshots: a closure over the table would put a copy of all trials into every
+# trial's state. Module-level functions that look the table up here pickle as a name.
+_TABLES: dict[str, list[dict[str, Any]]] = {}
+
+
+def _table_of(config: Any) -> list[dict[str, Any]]:
+    return _TABLES[config["sweep_uri"]]
+
+
+def _trial_identity(spec: Any) -> dict[str, Any]:
+    """sample_from: a trial's label, seed and grid point (its Tune config; what Aim shows)."""
+    trial = _TABLES[spec.config.sweep_uri][spec.config.trial_index]
+    return {"label": trial["label"], "seed": trial["seed"], "grid": trial["grid"]}
+
+
+def _trial_bundle_of(config: dict[str, Any]) -> Any:
+    return trial_bundle(_table_of(config)[config["trial_index"]], config["driver_cpus"],
+                        config["driver_resource"])
+
+
 def param_space(spec: SweepSpec, loc: Location, table: list[dict[str, Any]]) -> dict[str, Any]:
     """The Tuner's param space: the sweep's constants and one grid over the trial indices.
 
@@ -107,30 +129,23 @@ def param_space(spec: SweepSpec, loc: Location, table: list[dict[str, Any]]) -> 
     twice. A grid over the trials' run configs made the first O(trials^2) (110 s of driver CPU
     at 1,000 trials, hours at 10,000) and the state megabytes. So the grid is over indices, a
     trial's Tune config holds only its label, seed and grid point (what Aim and the status table
-    show; looked up in `table` by a closure, which deepcopy does not copy) and the run configs
-    reach the trainable once, through the object store (`trainable()`).
+    show; looked up in `_TABLES` when Tune resolves it) and the run configs reach the trainable
+    once, through the object store (`trainable()`). Registers `table` under the sweep's URI.
     """
+    _TABLES[loc.uri] = table
     return {
         "sweep_uri": loc.uri,
         "driver_cpus": spec.resources.driver_cpus,
         "driver_resource": spec.resources.driver_resource,
         "trial_index": ray.tune.grid_search(list(range(len(table)))),
-        "trial": ray.tune.sample_from(
-            lambda spec: _identity(table[spec.config.trial_index])),  # type: ignore[attr-defined]
+        "trial": ray.tune.sample_from(_trial_identity),
     }
 
 
-def _identity(trial: dict[str, Any]) -> dict[str, Any]:
-    return {"label": trial["label"], "seed": trial["seed"], "grid": trial["grid"]}
-
-
-def trainable(spec: SweepSpec, table: list[dict[str, Any]]) -> Any:
+def trainable(table: list[dict[str, Any]]) -> Any:
     """`run_trial` with the trial table (object store) and each trial's reservation."""
-    res = spec.resources
     with_table = ray.tune.with_parameters(run_trial, table=table)
-    return ray.tune.with_resources(  # type: ignore[arg-type]
-        with_table, lambda config: trial_bundle(table[config["trial_index"]], res.driver_cpus,
-                                                res.driver_resource))
+    return ray.tune.with_resources(with_table, _trial_bundle_of)  # type: ignore[arg-type]
 
 
 def trial_bundle(trial: dict[str, Any], driver_cpus: float,
@@ -151,13 +166,13 @@ def trial_bundle(trial: dict[str, Any], driver_cpus: float,
 
 # Tune names a trial before it resolves the trial's config (`sample_from` is still a placeholder
 # then), so the names come from the sweep's trial table by index.
-def trial_dirname(table: list[dict[str, Any]], trial: Any) -> str:
-    t = table[trial.config["trial_index"]]
+def trial_dirname(trial: Any) -> str:
+    t = _table_of(trial.config)[trial.config["trial_index"]]
     return f"{trial.trial_id}_{t['label']}_s{t['seed']}"
 
 
-def trial_name(table: list[dict[str, Any]], trial: Any) -> str:
-    t = table[trial.config["trial_index"]]
+def trial_name(trial: Any) -> str:
+    t = _table_of(trial.config)[trial.config["trial_index"]]
     point = ",".join(f"{k.split('.')[-1]}={v}" for k, v in t["grid"].items())
     return f"{t['label']}_s{t['seed']}" + (f"_{point}" if point else "")
 
@@ -235,7 +250,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
     loc = sweep_location(spec, smoke)
     exists = loc.exists("sweep.json") or loc.exists("tuner.pkl")
     table = [t.to_json() for t in trials]
-    fn = trainable(spec, table)
+    space = param_space(spec, loc, table)  # (registers the table: before the restore below)
+    fn = trainable(table)
     if resume:
         if not ray.tune.Tuner.can_restore(loc.uri):
             raise FileExistsError(f"{loc.uri}: no sweep to resume here (no tuner.pkl); run it "
@@ -265,17 +281,14 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], *, smoke: bool = False,
     parent = location(spec.storage)
     tuner = ray.tune.Tuner(
         fn,
-        param_space=param_space(spec, loc, table),
+        param_space=space,
         tune_config=ray.tune.TuneConfig(
             scheduler=_scheduler(spec, trials), max_concurrent_trials=conc,
             # A trial that trains in its actor leaves nothing behind but its files, so the next
             # trial reuses the warm actor (torch and sslray imported, same reservation): a short
             # trial no longer pays a Python process start (benchmarks/sweep_overhead.py).
             reuse_actors=needs.in_actor,
-            # closures, not functools.partial: Tune deep-copies its experiment spec per trial,
-            # and a partial's arguments (the table) would be copied with it
-            trial_dirname_creator=lambda trial: trial_dirname(table, trial),
-            trial_name_creator=lambda trial: trial_name(table, trial),
+            trial_dirname_creator=trial_dirname, trial_name_creator=trial_name,
         ),
         run_config=ray.tune.RunConfig(
             name=loc.name,

@@ -375,6 +375,16 @@ def test_tune_copies_of_the_param_space_do_not_grow_with_the_trials(tmp_path: Pa
         return len(memo)
 
     assert copied(1000) - copied(10) <= 10  # only the grid's index list itself grows
+    # Tune pickles the functions it holds into every trial's state: they must not carry the
+    # table (a closure over it put all 1,000 configs into each trial's state)
+    import ray.cloudpickle
+
+    from sslray.sweep import runner
+
+    space = param_space(spec, location(tmp_path), [json.loads(json.dumps(table))] * 1000)
+    for fn in (runner.trial_name, runner.trial_dirname, runner._trial_bundle_of,
+               space["trial"]):
+        assert len(ray.cloudpickle.dumps(fn)) < 20_000, fn
     # (what it guards against: the same configs in a grid make every copy copy them all)
     def copied_grid(trials: int) -> int:
         memo: dict[int, Any] = {}
