@@ -160,3 +160,23 @@ def test_summarize_judges_the_targets(tmp_path: Path) -> None:
     assert "fp32 GEMM ceiling here: 2.500" in rows["kNN (faiss) >= 10x scikit-learn at 60k x 512"]
     assert "150.000 GFLOP/s fp32" in text
     assert "test cpu" in text and "python -m bench" in text
+
+
+@pytest.mark.timeout(600)
+def test_gpu_check_wiring_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py at toy sizes on the CPU: every check emits its line (the GPU run
+    itself needs a lent device; this keeps the script from rotting in between)."""
+    from benchmarks import gpu_check
+
+    out = tmp_path / "gpu.jsonl"
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--batch", "4", "--steps", "1",
+                           "--images", "20", "--loader-workers", "0", "--out", str(out)]) == 0
+    lines = _jsonl(out)
+    train = [r for r in lines if r["check"] == "train"]
+    assert {(r["method"], r["augment_on"], r["precision"]) for r in train} == {
+        ("supervised", "loader", "fp32"),
+        *{(m, a, p) for m in ("moco_v2", "byol") for a in ("loader", "device")
+          for p in ("fp32", "bf16")}}
+    assert all(r["images_per_s"] > 0 and r["device"] for r in train)
+    assert all(r["ratio_vs_supervised"] > 0 for r in train if r["method"] != "supervised")
+    assert {r["check"] for r in lines} == {"train", "knn", "kmeans", "shuffle"}
