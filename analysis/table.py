@@ -86,6 +86,11 @@ def _equals(series: pd.Series, value: Any, normed: bool = False) -> pd.Series:
     return pd.Series([norm_value(v) == key for v in series], index=series.index, dtype=bool)
 
 
+def _key_mask(keys: pd.Series, key: Any) -> pd.Series:
+    """Boolean mask of already-normalised `keys == key` (element by element: a tuple key)."""
+    return pd.Series([k == key for k in keys], index=keys.index, dtype=bool)
+
+
 def _require(df: pd.DataFrame, column: str, key: str, spec: Spec) -> None:
     if column not in df.columns:
         known = [c for c in df.columns if "/" not in c and c != "trial_dir"]
@@ -216,8 +221,10 @@ def build_table(df: pd.DataFrame, spec: Spec, meta: dict[str, Any] | None = None
         column_keys = tuple(m.metric for m in spec.metrics)
         headers = tuple(m.header for m in spec.metrics)
 
-    # grid[column][row] -> Cell, then the best mark per column.
-    in_row = trials[spec.rows]
+    # grid[column][row] -> Cell, then the best mark per column. Each trial's row key is
+    # normalised once (not once per row: 10,000 trials x 500 rows took 17 s).
+    in_row_keys = trials[spec.rows].map(norm_value)
+    row_masks = {key: _key_mask(in_row_keys, key) for key in row_keys}
     grid: list[list[Cell]] = []
     for j, column in enumerate(columns):
         mask_col = (
@@ -230,8 +237,7 @@ def build_table(df: pd.DataFrame, spec: Spec, meta: dict[str, Any] | None = None
             if column.metric in trials.columns
             else pd.Series(np.nan, index=trials.index)
         )
-        cells = [_cell(values[mask_col & _equals(in_row, key, normed=True)], column.scale)
-                 for key in row_keys]
+        cells = [_cell(values[mask_col & row_masks[key]], column.scale) for key in row_keys]
         grid.append(_mark_best(cells, column))
 
     rows = [
