@@ -54,6 +54,11 @@ def preprocess(x: np.ndarray, l2_normalize: bool, pca_dim: int | None) -> np.nda
                 f"kmeans: pca_dim={pca_dim} must be in [1, {x.shape[1]}] (the feature dimension); "
                 f"set pca_dim lower or to null"
             )
+        if pca_dim > x.shape[0]:
+            raise ValueError(
+                f"kmeans: pca_dim={pca_dim} needs at least {pca_dim} samples to fit the PCA, got "
+                f"{x.shape[0]}; set method.pca_dim to at most {x.shape[0]} (or null)"
+            )
         # eigen_power -0.5 whitens (DeepCluster: faiss.PCAMatrix(ndim, 256, eigen_power=-0.5)).
         pca = _faiss().PCAMatrix(x.shape[1], pca_dim, -0.5)
         pca.train(x)
