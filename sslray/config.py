@@ -102,6 +102,10 @@ class EvalConfig(StrictModel):
     # strong; benchmarks/results/MEASUREMENTS.md#eval-pixels).
     pixels: bool = False
     linear_fast: bool = True  # the fast linear probe on the same cached features
+    # The fast probe (float64 L-BFGS) fits on at most this many training features, a seeded
+    # random subset, and its metrics say so: eval/linear_fast_<n/1000>k_top1. None: all of them
+    # (ImageNet's 1.28M x 2048 would need 21 GB in float64; the imagenet_* configs cap it).
+    linear_fast_max_train: int | None = Field(default=None, ge=1)
     # MoCo's linear protocol through the frozen network at the end of the run (main_lincls.py:
     # 100 epochs, lr 30); 0 skips it (CPU configs: the fast probe is the cheap stand-in).
     linear_paper_epochs: int = Field(default=0, ge=0)

@@ -98,8 +98,15 @@ class Evaluator:
             train_x, train_y, test_x, test_y, k=min(e.knn_k, len(train_y)),
             temperature=e.knn_temperature, num_classes=num_classes)}
         if e.linear_fast:
-            probe = linear_probe_fast(train_x, train_y, test_x, test_y, num_classes)
-            out.update({f"{prefix}linear_fast_{k}{suffix}": v for k, v in probe.items()})
+            name, cap = "linear_fast", e.linear_fast_max_train
+            if cap is not None and len(train_y) > cap:  # the metric names the subset
+                pick = torch.randperm(len(train_y),
+                                      generator=torch.Generator().manual_seed(self.cfg.seed))[:cap]
+                train_x, train_y = train_x[pick], train_y[pick]
+                name = f"linear_fast_{cap / 1000:g}k" if cap >= 1000 else f"linear_fast_{cap}"
+            probe = linear_probe_fast(train_x, train_y, test_x, test_y, num_classes,
+                                      device=self.device)
+            out.update({f"{prefix}{name}_{k}{suffix}": v for k, v in probe.items()})
         return out
 
     def __call__(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:

@@ -44,15 +44,18 @@ def linear_probe_fast(
     num_classes: int,
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     max_iter: int = 200,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Fit on (N, D) train features, report {"top1", "top5"} on the test features."""
-    x = train_features.double()
+    """Fit on (N, D) train features, report {"top1", "top5"} on the test features (on
+    `device`: rank 0's GPU on a GPU run)."""
+    x = train_features.to(device).double()
     mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
     x = (x - mean) / std
-    xt = (test_features.double() - mean) / std
-    y = train_labels.long()
-    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    xt = (test_features.to(device).double() - mean) / std
+    y = train_labels.to(device).long()
+    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, device=device,
+                    requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, device=device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-7, tolerance_change=1e-10, history_size=20)
 
@@ -65,9 +68,10 @@ def linear_probe_fast(
     opt.step(closure)
     with torch.no_grad():
         logits = xt @ w + b
-    out = {"top1": topk_accuracy(logits, test_labels.long(), 1)}
+    labels = test_labels.to(device).long()
+    out = {"top1": topk_accuracy(logits, labels, 1)}
     if num_classes > 5:
-        out["top5"] = topk_accuracy(logits, test_labels.long(), 5)
+        out["top5"] = topk_accuracy(logits, labels, 5)
     return out
 
 

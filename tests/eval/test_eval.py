@@ -213,3 +213,20 @@ def test_run_reports_the_paper_probe_on_image_folders(tmp_path):
                       resources={"workers": 0})
     metrics = fit(cfg, verbose=False)
     assert 0.0 <= metrics["eval/linear_paper_top1"] <= 1.0
+
+
+def test_fast_probe_on_a_capped_subset_says_so_in_its_name() -> None:
+    """eval.linear_fast_max_train: the probe fits on a seeded subset, named in the metric."""
+    import torch
+
+    from sslray.eval.evaluator import Evaluator
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+    full = Evaluator(tiny_config(), torch.device("cpu"))(encoder)
+    capped = Evaluator(tiny_config(eval={"linear_fast_max_train": 50}),
+                       torch.device("cpu"))(encoder)
+    assert "eval/linear_fast_top1" in full and "eval/linear_fast_50_top1" not in full
+    assert "eval/linear_fast_50_top1" in capped and "eval/linear_fast_top1" not in capped
+    assert capped["eval/knn_top1"] == full["eval/knn_top1"]  # kNN keeps the whole memory

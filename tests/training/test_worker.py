@@ -117,20 +117,26 @@ def _two_worker_moco(config: dict) -> None:
     fit(cfg, wrap=wrap, on_epoch_end=dump, verbose=False)
 
 
-def test_moco_on_two_ray_workers_keeps_one_queue_and_one_model(ray_session, tmp_path):
+def _on_two_workers(fn, cfg, tmp_path: Path, name: str) -> tuple[dict, dict]:
+    """Run `fn(config)` on 2 gloo workers; returns what each rank wrote to rank<r>.json."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg = tiny_config(train={"epochs": 1, "batch_size": 32}, resources={"workers": 2},
-                      method={"name": "moco", "queue_size": 64, "dim": 16, "bn": "shuffle"})
     TorchTrainer(
-        _two_worker_moco,
+        fn,
         train_loop_config={"cfg": cfg.model_dump_json(), "out": str(tmp_path)},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name="moco2", storage_path=str(tmp_path / "ray"),
+        run_config=RunConfig(name=name, storage_path=str(tmp_path / "ray"),
                              failure_config=FailureConfig(max_failures=0)),
     ).fit()
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    return r0, r1
+
+
+def test_moco_on_two_ray_workers_keeps_one_queue_and_one_model(ray_session, tmp_path):
+    cfg = tiny_config(train={"epochs": 1, "batch_size": 32}, resources={"workers": 2},
+                      method={"name": "moco", "queue_size": 64, "dim": 16, "bn": "shuffle"})
+    r0, r1 = _on_two_workers(_two_worker_moco, cfg, tmp_path, "moco2")
     steps = 128 // 32  # synthetic_size // global batch
     assert r0["ptr"] == r1["ptr"] == (steps * 32) % 64  # all-gathered keys: 32 per step
     assert r0["queue"] == r1["queue"]  # every worker holds the same dictionary
@@ -161,20 +167,10 @@ def _two_rank_eval(config: dict) -> None:
 def test_evaluation_is_sharded_over_ranks_and_equals_one_process(ray_session, tmp_path):
     """Each rank extracts its half of the features; rank 0's kNN and probe on the gathered
     features equal a single process's exactly (same encoder, same order)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from sslray.eval.evaluator import Evaluator
 
     cfg = tiny_config(resources={"workers": 2}, data={"synthetic_size": 101})
-    TorchTrainer(
-        _two_rank_eval,
-        train_loop_config={"cfg": cfg.model_dump_json(), "out": str(tmp_path)},
-        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name="eval2", storage_path=str(tmp_path / "ray"),
-                             failure_config=FailureConfig(max_failures=0)),
-    ).fit()
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = _on_two_workers(_two_rank_eval, cfg, tmp_path, "eval2")
     assert r0["shard"] == [0, 51] and r1["shard"] == [51, 101]  # uneven shards, in order
     assert r1["metrics"] == {}  # only rank 0 computes metrics
     torch.manual_seed(0)
