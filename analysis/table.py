@@ -79,11 +79,10 @@ def _ordered(keys: list[Any], order: tuple[Any, ...]) -> list[Any]:
     return first + rest
 
 
-def _equals(series: pd.Series, value: Any, normed: bool = False) -> pd.Series:
+def _equals(series: pd.Series, value: Any) -> pd.Series:
     """Boolean mask of `series == value` by normalised key (a plain `==` against a tuple key
     would be read by pandas as an element-wise comparison with a sequence)."""
-    key = value if normed else norm_value(value)
-    return pd.Series([norm_value(v) == key for v in series], index=series.index, dtype=bool)
+    return _key_mask(series.map(norm_value), norm_value(value))
 
 
 def _key_mask(keys: pd.Series, key: Any) -> pd.Series:

@@ -9,7 +9,8 @@ On one GPU (`--device cuda`), in this process, each on a generated ImageNet-layo
              folder, batch and loader) in the same run: `ratio_vs_supervised` (the goal: >= 0.65
              for MoCo v2). images/s is fit()'s own `train/images_per_s` of the last epoch (the
              first is warm-up), `--steps` steps of `--batch` images.
-    knn      weighted kNN (the evaluator's faiss index) on random features: GPU vs CPU seconds
+    knn      weighted kNN through the evaluator's path (a faiss GPU index when faiss sees a GPU,
+             `faiss_gpus` says which) on random features: seconds
     kmeans   faiss k-means (sslray.eval.kmeans): GPU vs CPU seconds
     syncbn   BYOL with `bn: sync` for one step on one GPU: SyncBatchNorm converts and runs (one
              process, so no cross-GPU reduction: NCCL refuses two ranks on one GPU)
@@ -76,7 +77,7 @@ def supervised_on_folder(root: Path, args: argparse.Namespace) -> dict[str, Any]
                                                            "train.precision": "fp32"})
 
 
-def bench_knn(device: torch.device, n: int, dim: int) -> dict[str, Any]:
+def bench_knn(n: int, dim: int) -> dict[str, Any]:
     import faiss
 
     from sslray.eval import knn
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     out.emit({**base, "check": "train", "method": method,
                               "augment_on": augment_on, "precision": precision, **record})
         n, dim = (2000, 64) if args.tiny else (200_000, 2048)
-        out.emit({**base, "check": "knn", **bench_knn(device, n, dim)})
+        out.emit({**base, "check": "knn", **bench_knn(n, dim)})
         out.emit({**base, "check": "kmeans",
                   **bench_kmeans(n, dim if args.tiny else 256, 10 if args.tiny else 2000)})
         if args.device == "cuda":
