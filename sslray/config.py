@@ -95,6 +95,11 @@ class TrainConfig(StrictModel):
 class EvalConfig(StrictModel):
     knn_k: int = Field(default=200, ge=1)  # InstDisc (Wu et al. 2018) weighted kNN: k=200
     knn_temperature: float = Field(default=0.07, gt=0)  # InstDisc: tau=0.07
+    # The kNN memory: `pretrain`, the labelled pre-training images (data.train_subset of the
+    # training split; eval/knn_top1); `train_split`, also the whole labelled training split (the
+    # standard protocol, e.g. Fashion-MNIST's 60k; eval/knn_train_split_top1, next to
+    # eval/knn_top1). The probes always fit on the pre-training images.
+    knn_memory: Literal["pretrain", "train_split"] = "pretrain"
     every_n_epochs: int = Field(default=0, ge=0)  # kNN monitor every n epochs; 0: only at the end
     at_init: bool = True  # also evaluate the random-init backbone (the baseline every table needs)
     # Also the same probes on raw pixels (normalised as the network sees them; suffix _pixels):

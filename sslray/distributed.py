@@ -7,6 +7,7 @@ Train workers, and without torch.distributed at all (unit tests, Ray Train local
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -116,20 +117,28 @@ def shard(n: int) -> range:
 @torch.no_grad()
 def gather_to_rank0(x: torch.Tensor) -> torch.Tensor | None:
     """Every rank's rows of x (n_r, ...) concatenated in rank order, on rank 0 (None elsewhere);
-    shards may differ in length. CPU, through the evaluation group (EVAL_WAIT timeout)."""
+    shards may differ in length and may be empty (fewer samples than ranks: an empty shard may
+    come as any empty tensor, its row shape and dtype are taken from a rank that has rows).
+    CPU, through the evaluation group (EVAL_WAIT timeout)."""
     if not is_distributed() or world_size() == 1:
         return x
     group, x = _group(), x.detach().cpu().contiguous()
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]]), group=group)
-    longest = int(max(int(s) for s in sizes))
-    padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype)
-    padded[: x.shape[0]] = x
+    shapes: list[Any] = [None] * world_size()
+    dist.all_gather_object(shapes, (tuple(x.shape), str(x.dtype).removeprefix("torch.")),
+                           group=group)
+    rows = [shape[0] for shape, _ in shapes]
+    full = [(shape, dtype) for shape, dtype in shapes if shape[0] > 0]
+    if not full:  # no rank has a sample: nothing to gather
+        return x if rank() == 0 else None
+    row_shape, dtype = tuple(full[0][0][1:]), getattr(torch, full[0][1])
+    padded = torch.zeros((max(rows), *row_shape), dtype=dtype)
+    if x.shape[0]:
+        padded[: x.shape[0]] = x
     out = [torch.empty_like(padded) for _ in range(world_size())] if rank() == 0 else None
     dist.gather(padded, out, dst=0, group=group)
     if out is None:
         return None
-    return torch.cat([o[: int(n)] for o, n in zip(out, sizes)])
+    return torch.cat([o[:n] for o, n in zip(out, rows)])
 
 
 def wait_for_evaluation() -> None:

@@ -57,6 +57,12 @@ class Evaluator:
                 train = load_arrays(cfg.data, "train", labeled=True)
             self.splits = (train, load_arrays(cfg.data, "test"))
             self.num_classes = train.num_classes
+        # eval.knn_memory: train_split: the whole labelled training split as a second kNN memory
+        # (image folders: the train folder already is the whole split)
+        self.memory: Any = None
+        if cfg.eval.knn_memory == "train_split":
+            self.memory = self.splits[0] if self.files else load_arrays(
+                cfg.data.model_copy(update={"train_subset": None}), "train", labeled=True)
 
     def features(self, encoder: nn.Module, data: Any,
                  spec: ImageSpec | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -111,10 +117,18 @@ class Evaluator:
 
     def __call__(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
         train, test = (self.features(encoder, s) for s in self.splits)
+        memory = None if self.memory is None else (
+            train if self.memory is self.splits[0] else self.features(encoder, self.memory))
         if train is None or test is None:
             return {}  # not rank 0
         time.sleep(float(os.environ.get(SLOW_EVAL_ENV) or 0))
-        return self._protocols((*train, *test), self.num_classes, "eval/", suffix)
+        out = self._protocols((*train, *test), self.num_classes, "eval/", suffix)
+        if memory is not None:
+            e = self.cfg.eval
+            out[f"eval/knn_train_split_top1{suffix}"] = knn_top1(
+                *memory, *test, k=min(e.knn_k, len(memory[1])), temperature=e.knn_temperature,
+                num_classes=self.num_classes)
+        return out
 
     def _transfer_splits(self, name: Any) -> tuple[Any, Any]:
         """A transfer dataset's (train, test) arrays, loaded once per run (init and end reuse)."""

@@ -76,4 +76,6 @@ def extract_folder_features(
         for x, y in loader:
             feats.append(encoder(x.to(device, non_blocking=True)).float().cpu())
             labels.append(y)
+    if not feats:  # an empty share (fewer samples than ranks)
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(labels)

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -230,3 +231,34 @@ def test_fast_probe_on_a_capped_subset_says_so_in_its_name() -> None:
     assert "eval/linear_fast_top1" in full and "eval/linear_fast_50_top1" not in full
     assert "eval/linear_fast_50_top1" in capped and "eval/linear_fast_top1" not in capped
     assert capped["eval/knn_top1"] == full["eval/knn_top1"]  # kNN keeps the whole memory
+
+
+def test_knn_on_the_whole_training_split_is_a_second_named_memory() -> None:
+    """eval.knn_memory: train_split: kNN also against the whole labelled training split
+    (eval/knn_train_split_top1), next to the pre-training subset's eval/knn_top1, which (like
+    the probes) is unchanged."""
+    import torch
+
+    from sslray.data.datasets import load_arrays
+    from sslray.data.views import eval_transform
+    from sslray.eval.evaluator import Evaluator
+    from sslray.eval.knn import knn_top1
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+    data = {"train_subset": 40}
+    subset = Evaluator(tiny_config(data=data), torch.device("cpu"))
+    both = Evaluator(tiny_config(data=data, eval={"knn_memory": "train_split"}),
+                     torch.device("cpu"))
+    assert len(subset.splits[0]) == 40 and len(both.memory) == 128  # synthetic_size
+    a, b = subset(encoder), both(encoder)
+    assert "eval/knn_train_split_top1" not in a
+    assert {k: v for k, v in b.items() if k != "eval/knn_train_split_top1"} == a
+    full, test = both.memory, both.splits[1]
+    with torch.no_grad():
+        fx, tx = (encoder(eval_transform(d.images, both.spec)) for d in (full, test))
+    expected = knn_top1(fx, full.labels, tx, test.labels, k=10, temperature=0.07,
+                        num_classes=full.num_classes)
+    assert b["eval/knn_train_split_top1"] == pytest.approx(expected, abs=1e-9)
+    assert len(load_arrays(both.cfg.data, "train")) == 40  # the run's own data is the subset

@@ -117,14 +117,14 @@ def _two_worker_moco(config: dict) -> None:
     fit(cfg, wrap=wrap, on_epoch_end=dump, verbose=False)
 
 
-def _on_two_workers(fn, cfg, tmp_path: Path, name: str) -> tuple[dict, dict]:
+def _on_two_workers(fn, cfg, tmp_path: Path, name: str, **extra: str) -> tuple[dict, dict]:
     """Run `fn(config)` on 2 gloo workers; returns what each rank wrote to rank<r>.json."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     TorchTrainer(
         fn,
-        train_loop_config={"cfg": cfg.model_dump_json(), "out": str(tmp_path)},
+        train_loop_config={"cfg": cfg.model_dump_json(), "out": str(tmp_path), **extra},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name=name, storage_path=str(tmp_path / "ray"),
                              failure_config=FailureConfig(max_failures=0)),
@@ -179,6 +179,57 @@ def test_evaluation_is_sharded_over_ranks_and_equals_one_process(ray_session, tm
     assert set(alone) == set(r0["metrics"]) and "eval/knn_top1" in alone
     for key, value in alone.items():
         assert r0["metrics"][key] == pytest.approx(value, abs=1e-9), key
+
+
+def _two_rank_tiny_eval(config: dict) -> None:
+    import ray.train
+
+    from sslray import distributed as dist
+    from sslray.config import RunConfig as SslrayConfig
+    from sslray.eval.evaluator import Evaluator
+    from sslray.eval.features import extract_features
+
+    cfg = SslrayConfig.model_validate_json(config["cfg"])
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+    ev = Evaluator(cfg, torch.device("cpu"))
+    got = {}
+    for n in (1, 0):  # fewer samples than ranks: rank 1's share is empty; then no sample at all
+        out = ev.features(encoder, ev.splits[0].slice(0, n))
+        got[n] = None if out is None else [list(out[0].shape), list(out[1].shape),
+                                           out[0].sum().item()]
+    alone = extract_features(encoder, ev.splits[0].slice(0, 1), ev.spec).sum().item()
+    # an image folder of one training image: rank 1's DataLoader yields no batch at all
+    folder = SslrayConfig.model_validate({**cfg.model_dump(), "data": {
+        "dataset": "imagefolder", "root": config["folder"], "image_size": 16,
+        "loader_workers": 0}})
+    out = Evaluator(folder, torch.device("cpu")).features(
+        encoder, Evaluator(folder, torch.device("cpu")).splits[0])
+    got["folder"] = None if out is None else [list(out[0].shape), list(out[1].shape)]
+    dist.wait_for_evaluation()
+    Path(config["out"], f"rank{dist.rank()}.json").write_text(json.dumps(
+        {"got": got, "alone": alone}))
+    ray.train.report({"done": 1.0})
+
+
+def test_evaluation_with_fewer_samples_than_ranks_gathers_the_rows_there_are(
+    ray_session, tmp_path
+):
+    """One sample on 2 ranks: rank 1's share is empty (arrays: an empty slice; an image folder:
+    a DataLoader with no batch); rank 0 still gets the (1, 8) features and (1,) labels."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / "folder" / split / "class0").mkdir(parents=True)
+        Image.new("RGB", (20, 20), (200, 40, 40)).save(tmp_path / "folder" / split / "class0" /
+                                                       "0.png")
+    cfg = tiny_config(resources={"workers": 2})
+    r0, r1 = _on_two_workers(_two_rank_tiny_eval, cfg, tmp_path, "eval_tiny",
+                             folder=str(tmp_path / "folder"))
+    assert r0["got"]["1"][:2] == [[1, 8], [1]] and r1["got"]["1"] is None
+    assert r0["got"]["1"][2] == pytest.approx(r0["alone"], abs=1e-6)  # the sample's own row
+    assert r0["got"]["0"][:2] == [[0, 0], [0]] and r1["got"]["0"] is None
+    assert r0["got"]["folder"] == [[1, 8], [1]] and r1["got"]["folder"] is None
 
 
 def test_slow_rank0_evaluation_does_not_time_out_training_collectives(
