@@ -115,9 +115,16 @@ class BackboneConfig(StrictModel):
     small_stem: bool = False  # 3x3 stride-1 conv1, no max-pool: the CIFAR recipes' stem
     width: int = Field(default=32, ge=4)  # small_resnet, alexnet_small: first-stage channels
     blocks: tuple[int, ...] = (1, 1, 1)  # small_resnet: BasicBlocks per stage (stride 1, 2, 2, ...)
+    # small_resnet, alexnet_small: the last map average-pooled over a g x g grid of regions
+    # (out_dim = channels * g^2) instead of globally (1, the ResNet default): the features keep
+    # where in the image a pattern is (a spatial pyramid level, Lazebnik et al. 2006).
+    pool_grid: int = Field(default=1, ge=1, le=4)
 
     @model_validator(mode="after")
     def _blocks(self) -> BackboneConfig:
         if not self.blocks or any(b < 1 for b in self.blocks):
             raise ValueError(f"blocks must be a non-empty list of positive ints, got {self.blocks}")
+        if self.pool_grid > 1 and self.arch not in ("small_resnet", "alexnet_small"):
+            raise ValueError(f"backbone.pool_grid: {self.pool_grid} is for small_resnet and "
+                             f"alexnet_small (torchvision {self.arch} pools globally); set 1")
         return self

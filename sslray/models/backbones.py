@@ -20,11 +20,13 @@ class SmallResNet(nn.Module):
     """A ResNet sized for 28-32 px images on a CPU: 3x3 stem, stages of BasicBlocks.
 
     Stage i has width * 2**i channels and stride 1 for the first stage, 2 afterwards, so a
-    28x28 input is pooled from 7x7 with three stages. `out_dim = width * 2**(len(blocks) - 1)`.
+    28x28 input is pooled from 7x7 with three stages. `out_dim = width * 2**(len(blocks) - 1)`
+    (times pool_grid**2: the last map averaged over a pool_grid x pool_grid grid).
     """
 
     def __init__(
-        self, width: int, blocks: tuple[int, ...], norm_layer: Callable[[int], nn.Module]
+        self, width: int, blocks: tuple[int, ...], norm_layer: Callable[[int], nn.Module],
+        pool_grid: int = 1,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -47,8 +49,8 @@ class SmallResNet(nn.Module):
                 in_ch = out_ch
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim: int = in_ch
+        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
+        self.out_dim: int = in_ch * pool_grid**2
         for m in self.modules():  # torchvision ResNet init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -86,7 +88,8 @@ class AlexNetSmall(nn.Module):
     """
 
     def __init__(
-        self, width: int, blocks: tuple[int, ...], norm_layer: Callable[[int], nn.Module]
+        self, width: int, blocks: tuple[int, ...], norm_layer: Callable[[int], nn.Module],
+        pool_grid: int = 1,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -100,8 +103,8 @@ class AlexNetSmall(nn.Module):
                 in_ch = out_ch
             layers.append(nn.MaxPool2d(3, 2, padding=1))
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim: int = in_ch
+        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
+        self.out_dim: int = in_ch * pool_grid**2
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -118,7 +121,7 @@ def build_backbone(
 ) -> Backbone:
     """Build the backbone a `BackboneConfig` describes."""
     if cfg.arch == "small_resnet":
-        return SmallResNet(cfg.width, tuple(cfg.blocks), norm_layer)
+        return SmallResNet(cfg.width, tuple(cfg.blocks), norm_layer, cfg.pool_grid)
     if cfg.arch == "alexnet_small":
-        return AlexNetSmall(cfg.width, tuple(cfg.blocks), norm_layer)
+        return AlexNetSmall(cfg.width, tuple(cfg.blocks), norm_layer, cfg.pool_grid)
     return TorchvisionResNet(cfg.arch, cfg.small_stem, norm_layer)

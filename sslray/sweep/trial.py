@@ -38,7 +38,8 @@ def train_in_trial(cfg: RunConfig, run: Location) -> dict[str, float]:
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     resume = resume_state(ray.tune.get_checkpoint(), cfg.method.name)
     resumed_from = float(resume["epoch"]) if resume else 0.0
-    on_epoch_end = epoch_reporter(cfg, run, ray.tune.report, resumed_from)
+    on_epoch_end = epoch_reporter(cfg, run, ray.tune.report, resumed_from,
+                                  checkpoint_cls=ray.tune.Checkpoint)
     metrics = fit(cfg, device=device, resume=resume, on_epoch_end=on_epoch_end, verbose=False)
     metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
     run.append_line(json.dumps(metrics, sort_keys=True), "result.json")

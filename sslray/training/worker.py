@@ -86,11 +86,13 @@ def resume_state(ckpt: Checkpoint | None, method: str) -> dict[str, Any] | None:
 
 
 def epoch_reporter(cfg: RunConfig, run: Location, report: Callable[..., None],
-                   resumed_from: float, checkpoints: bool = True) -> EpochCallback:
+                   resumed_from: float, checkpoints: bool = True,
+                   checkpoint_cls: type[Checkpoint] = Checkpoint) -> EpochCallback:
     """The `fit()` epoch callback of both ways to train a run on Ray: `report(metrics,
     checkpoint=...)` (ray.train.report or ray.tune.report) with the whole training state as the
     checkpoint (`checkpoints=False`: the ranks whose reports Ray Train drops), and final.pt
-    written before the last epoch's report."""
+    written before the last epoch's report. `checkpoint_cls`: the report's own class
+    (ray.tune.report warns on every report given a ray.train.Checkpoint)."""
 
     def on_epoch_end(metrics: dict[str, float], trainer: Trainer) -> None:
         metrics = {**metrics, "train/resumed_from_epoch": resumed_from}
@@ -99,7 +101,7 @@ def epoch_reporter(cfg: RunConfig, run: Location, report: Callable[..., None],
             if checkpoints:
                 state = trainer.state_dict()
                 save_state(state, Path(tmp) / STATE_FILE)
-                checkpoint = Checkpoint.from_directory(tmp)
+                checkpoint = checkpoint_cls.from_directory(tmp)
                 if int(metrics["epoch"]) == cfg.train.epochs:
                     save_final_model(state, trainer.method, run, Path(tmp))
             report(metrics, checkpoint=checkpoint)

@@ -68,6 +68,8 @@ SHIPPED = [
     "moco_momentum",
     "moco_shuffle_bn",
     "quickstart",
+    "recipe_byol",
+    "recipe_moco_v2",
 ]
 
 # The automatic caption for the fixture with a metric-columns spec holding kNN + linear fast.

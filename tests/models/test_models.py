@@ -15,12 +15,29 @@ from sslray.models.norm import norm_layer
         (BackboneConfig(arch="small_resnet", width=16, blocks=(2, 2)), 28, 32),
         (BackboneConfig(arch="resnet18", small_stem=True), 32, 512),
         (BackboneConfig(arch="resnet50", small_stem=False), 64, 2048),
+        (BackboneConfig(arch="small_resnet", width=16, blocks=(1, 1, 1, 1), pool_grid=2), 28, 512),
+        (BackboneConfig(arch="alexnet_small", width=16, blocks=(1, 1, 3), pool_grid=2), 28, 256),
     ],
 )
 def test_backbone_output_dims(cfg, size, dim):
     net = build_backbone(cfg)
     assert net.out_dim == dim
     assert net(torch.randn(2, 3, size, size)).shape == (2, dim)
+
+
+def test_pool_grid_averages_each_region_of_the_last_map():
+    """pool_grid 2: the features are the last map's 2x2 quadrant means (channel-major), whose
+    mean over the quadrants is the global-pool feature."""
+    torch.manual_seed(0)
+    grid = build_backbone(BackboneConfig(arch="small_resnet", width=8, blocks=(1, 1), pool_grid=2))
+    grid.eval()
+    x = torch.randn(3, 3, 16, 16)
+    last = grid.stages(grid.stem(x))  # (3, 16, 8, 8)
+    out = grid(x).view(3, 16, 2, 2)
+    assert torch.allclose(out[:, :, 0, 1], last[:, :, :4, 4:].mean((2, 3)), atol=1e-6)
+    assert torch.allclose(out.mean((2, 3)), last.mean((2, 3)), atol=1e-6)
+    with pytest.raises(ValueError, match="pool_grid"):
+        BackboneConfig(arch="resnet18", pool_grid=2)
 
 
 def test_small_stem_keeps_resolution():
