@@ -50,7 +50,10 @@ def _protocol(spec: Spec, df: pd.DataFrame) -> str | None:
     parts = []
     if any("knn" in m for m in metrics):
         k, t = distinct(df, "eval.knn_k"), distinct(df, "eval.knn_temperature")
-        parts.append("kNN " + ", ".join(x for x in (k and f"k={k}", t and f"T={t}") if x))
+        center = distinct(df, "eval.knn_center")
+        parts.append("kNN " + ", ".join(x for x in (k and f"k={k}", t and f"T={t}") if x)
+                     + (" on mean-centred features" if center == "true" else
+                        f" (mean-centred: {center})" if center and center.startswith("{") else ""))
     if any("linear_fast" in m for m in metrics):
         parts.append("linear probe fast (trained on cached frozen features)")
     if any("linear_paper" in m for m in metrics):

@@ -95,6 +95,9 @@ class TrainConfig(StrictModel):
 class EvalConfig(StrictModel):
     knn_k: int = Field(default=200, ge=1)  # InstDisc (Wu et al. 2018) weighted kNN: k=200
     knn_temperature: float = Field(default=0.07, gt=0)  # InstDisc: tau=0.07
+    # Subtract the memory's mean feature before the cosine (SimpleShot's CL2N, Wang et al. 2019;
+    # the same for every row, raw pixels included). Off: InstDisc's protocol, as the papers.
+    knn_center: bool = False
     # The kNN memory: `pretrain`, the labelled pre-training images (data.train_subset of the
     # training split; eval/knn_top1); `train_split`, also the whole labelled training split (the
     # standard protocol, e.g. Fashion-MNIST's 60k; eval/knn_train_split_top1, next to

@@ -102,7 +102,7 @@ class Evaluator:
         train_x, train_y, test_x, test_y = feats
         out = {f"{prefix}knn_top1{suffix}": knn_top1(
             train_x, train_y, test_x, test_y, k=min(e.knn_k, len(train_y)),
-            temperature=e.knn_temperature, num_classes=num_classes)}
+            temperature=e.knn_temperature, num_classes=num_classes, center=e.knn_center)}
         if e.linear_fast:
             name, cap = "linear_fast", e.linear_fast_max_train
             if cap is not None and len(train_y) > cap:  # the metric names the subset
@@ -127,7 +127,7 @@ class Evaluator:
             e = self.cfg.eval
             out[f"eval/knn_train_split_top1{suffix}"] = knn_top1(
                 *memory, *test, k=min(e.knn_k, len(memory[1])), temperature=e.knn_temperature,
-                num_classes=self.num_classes)
+                num_classes=self.num_classes, center=e.knn_center)
         return out
 
     def _transfer_splits(self, name: Any) -> tuple[Any, Any]:

@@ -32,10 +32,13 @@ def knn_classify(
     temperature: float = 0.07,
     num_classes: int | None = None,
     batch_size: int = 4096,
+    center: bool = False,
 ) -> torch.Tensor:
     """Predicted labels (M,) for test_features (M, D) from train_features (N, D), labels (N,).
 
     Features are L2-normalised here, so inner product = cosine similarity. k is capped at N.
+    `center`: subtract the memory's mean feature (D,) from both sets first (SimpleShot's CL2N,
+    Wang et al. 2019): cosine similarity then measures directions away from the mean.
     """
     if train_features.shape[0] != train_labels.shape[0]:
         raise ValueError("train_features and train_labels differ in length")
@@ -43,8 +46,12 @@ def knn_classify(
         raise ValueError("knn_classify: no training features")
     n_cls = int(num_classes if num_classes is not None else int(train_labels.max()) + 1)
     k = min(k, train_features.shape[0])
-    train = F.normalize(train_features.float(), dim=1).cpu().numpy()
-    test = F.normalize(test_features.float(), dim=1).cpu().numpy()
+    train_f, test_f = train_features.float(), test_features.float()
+    if center:
+        mean = train_f.mean(dim=0, keepdim=True)  # (1, D)
+        train_f, test_f = train_f - mean, test_f - mean.to(test_f.device)
+    train = F.normalize(train_f, dim=1).cpu().numpy()
+    test = F.normalize(test_f, dim=1).cpu().numpy()
     index = _index(train.shape[1])
     index.add(np.ascontiguousarray(train))
     labels = train_labels.long().cpu()
@@ -67,7 +74,9 @@ def knn_top1(
     k: int = 200,
     temperature: float = 0.07,
     num_classes: int | None = None,
+    center: bool = False,
 ) -> float:
     """Top-1 accuracy of `knn_classify` on labelled test features."""
-    pred = knn_classify(train_features, train_labels, test_features, k, temperature, num_classes)
+    pred = knn_classify(train_features, train_labels, test_features, k, temperature, num_classes,
+                        center=center)
     return float((pred == test_labels.cpu()).float().mean())

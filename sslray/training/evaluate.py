@@ -8,6 +8,7 @@ pre-training them again.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from sslray.config import RunConfig
 from sslray.data.streams import load_train_split
@@ -32,6 +33,9 @@ def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | Non
     module = as_module(method).to(device)
     evaluator = Evaluator(cfg, device, train=data)
     out: dict[str, float] = {}
+    if cfg.eval.pixels:  # the same probes on raw pixels (as the network sees them)
+        out.update(evaluator(nn.Flatten(), suffix="_pixels"))
+        out.update(evaluator.transfer(nn.Flatten(), suffix="_pixels"))
     if at_init:
         out.update(evaluator(method.feature_encoder(), suffix="_init"))
         out.update(evaluator.transfer(method.feature_encoder(), suffix="_init"))

@@ -50,3 +50,29 @@ def test_eval_bad_input(finished_run: Path, tmp_path: Path,
     (tmp_path / "config.json").write_text((finished_run / "config.json").read_text())
     assert main(["eval", str(tmp_path)]) == 2  # a config but no trained model
     assert "neither final.pt nor a checkpoint" in capsys.readouterr().err
+
+
+def test_eval_pixels_and_centred_knn_match_the_probe_on_the_images(finished_run: Path) -> None:
+    """`--set eval.pixels=true`: the probes on the images themselves (flattened as the network
+    sees them), with eval.knn_center the memory's mean subtracted: the same number as kNN
+    computed here from the arrays, and never the trained encoder's."""
+    from sslray.config import validate_raw
+    from sslray.data.catalog import image_spec
+    from sslray.data.datasets import load_arrays
+    from sslray.data.views import eval_transform
+    from sslray.eval.knn import knn_top1
+
+    assert main(["eval", str(finished_run), "--set", "eval.pixels=true",
+                 "--set", "eval.knn_center=true"]) == 0
+    last = json.loads((finished_run / "eval.json").read_text().splitlines()[-1])
+    cfg = validate_raw(json.loads((finished_run / "config.json").read_text())["config"])
+    spec = image_spec(cfg.data)
+    train = load_arrays(cfg.data, "train", labeled=True)
+    test = load_arrays(cfg.data, "test")
+    flat = [eval_transform(d.images, spec).flatten(1) for d in (train, test)]
+    e = cfg.eval
+    expected = knn_top1(flat[0], train.labels, flat[1], test.labels,
+                        k=min(e.knn_k, len(train.labels)), temperature=e.knn_temperature,
+                        num_classes=train.num_classes, center=True)
+    assert last["eval/knn_top1_pixels"] == pytest.approx(expected, abs=1e-6)
+    assert last["eval"]["knn_center"] is True and "eval/linear_fast_top1_pixels" in last

@@ -46,6 +46,35 @@ def test_knn_matches_brute_force_reference():
     assert torch.equal(got, expected)
 
 
+def test_centred_knn_is_the_brute_force_vote_on_mean_subtracted_features():
+    g = torch.Generator().manual_seed(2)
+    train, test = torch.randn(300, 16, generator=g) + 3, torch.randn(40, 16, generator=g) + 3
+    labels = torch.randint(0, 7, (300,), generator=g)
+    mean = train.mean(0, keepdim=True)  # the memory's mean, for the queries too
+    sim = F.normalize(test - mean, dim=1) @ F.normalize(train - mean, dim=1).t()
+    top, idx = sim.topk(25, dim=1)
+    expected = torch.zeros(40, 7).scatter_add_(1, labels[idx], (top / 0.07).exp()).argmax(1)
+    got = knn_classify(train, labels, test, k=25, temperature=0.07, num_classes=7, center=True)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, knn_classify(train, labels, test, k=25, temperature=0.07,
+                                             num_classes=7))
+
+
+def test_centring_recovers_clusters_under_a_shared_offset():
+    # Clusters 1 apart under an offset of 1e4: their cosines differ by ~1e-8, below float32's
+    # resolution, so the plain vote is near chance; centred, the clusters are all that is left.
+    g = torch.Generator().manual_seed(0)
+    centers = F.normalize(torch.randn(5, 32, generator=g), dim=1)
+    labels = torch.arange(5).repeat_interleave(40)
+    offset = torch.zeros(32)
+    offset[0] = 1e4
+    train = offset + centers[labels] + 0.05 * torch.randn(200, 32, generator=g)
+    test_labels = torch.arange(5).repeat_interleave(10)
+    test = offset + centers[test_labels] + 0.05 * torch.randn(50, 32, generator=g)
+    assert knn_top1(train, labels, test, test_labels, k=20, center=True) == 1.0
+    assert knn_top1(train, labels, test, test_labels, k=20) < 0.6
+
+
 def test_k_larger_than_train_set_is_capped():
     train = torch.eye(3)
     assert knn_classify(train, torch.tensor([0, 1, 2]), torch.eye(3), k=200).tolist() == [0, 1, 2]
