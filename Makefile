@@ -47,14 +47,17 @@ lint: install
 
 # Benchmarks (README "Benchmarks"): JSON lines under benchmarks/results/, then SUMMARY.md there.
 # Measure on a quiet machine: each run waits up to 60 s for other processes to go below 0.25
-# cores and records what it saw. About 20-25 minutes on the 2-core machine: training 4 methods x
+# cores and records what it saw. About 45-50 minutes on the 2-core machine: training 4 methods x
 # (compute, plain, Ray 1 worker, Ray 2 workers) at 3 epochs x 3 steps of batch 128 (epochs 2-3
 # timed); lightly vs ours for MoCo (symmetric) and BYOL, one pair each; kNN / k-means / linear
-# probe at 60k x 512.
+# probe at 60k x 512; kNN / linear top-1 against wall minutes per method (the quality curve).
 BENCH_OUT ?= benchmarks/results
 BENCH_SMOKE_OUT ?= benchmarks/results/smoke
 BENCH_TRAIN ?= --steps 3 --epochs 3 --batch 128 --size 32 --threads 2 --precision fp32
 PEER_VENV ?= .peer-venv
+# quality per CPU-minute (benchmarks/quality_curve.py): about 25 min for 1,2,4; the full curve
+# is QUALITY_BUDGETS=1,2,4,8,15 (about 90 min)
+QUALITY_BUDGETS ?= 1,2,4
 
 bench: install peer-venv
 	$(PY) -m benchmarks.train_throughput $(BENCH_TRAIN) --wait-quiet 60 \
@@ -65,6 +68,8 @@ bench: install peer-venv
 		--out $(BENCH_OUT)/eval_throughput.jsonl
 	$(PY) -m benchmarks.sweep_overhead --trials 40 --trials2 6 \
 		--out $(BENCH_OUT)/sweep_overhead.jsonl
+	$(PY) -m benchmarks.quality_curve --budgets $(QUALITY_BUDGETS) --wait-quiet 60 \
+		--out $(BENCH_OUT)/quality_curve.jsonl --figure $(BENCH_OUT)/quality_curve.png
 	$(PY) -m benchmarks.summarize --results $(BENCH_OUT)
 
 # Every imagenet_* config on a generated 10-class x 40/10 JPEG folder (ResNet-50, 224 px, 2 gloo

@@ -85,8 +85,10 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
                         capsize=3, label=label, linestyle=style)
         if fig_spec.xcategorical:
             names = spec.row_names if fig_spec.x == spec.rows else {}
+            arch = _archs(trials, fig_spec.x)
             ax.set_xticks(range(len(all_x)))
-            ax.set_xticklabels([lookup(names, k[1]) or fmt_value(k[1]) for k in all_x],
+            ax.set_xticklabels([(lookup(names, k[1]) or fmt_value(k[1]))
+                                + (f"\n[{arch[k]}]" if k in arch else "") for k in all_x],
                                rotation=20 if len(all_x) > 4 else 0, fontsize=8)
         init_col = f"{fig_spec.y}_init"
         if spec.init_row and init_col in trials.columns:
@@ -99,6 +101,15 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
                     level = float(frame.groupby("seed")["v"].mean().mean()) * metric.scale
                     ax.axhline(level, color="gray", linestyle=next(styles, "--"), linewidth=1,
                                label=label)
+        pixels_col = f"{fig_spec.y}_pixels"
+        if spec.pixels_row and pixels_col in trials.columns:
+            frame = pd.DataFrame({"seed": trials["seed"].astype(str),
+                                  "v": pd.to_numeric(trials[pixels_col], errors="coerce")})
+            frame = frame.dropna()
+            if not frame.empty:  # pixels do not depend on the backbone: one line
+                level = float(frame.groupby("seed")["v"].mean().mean()) * metric.scale
+                ax.axhline(level, color="black", linestyle="--", linewidth=1.2,
+                           label=spec.pixels_row)
     if fig_spec.logx:
         ax.set_xscale("log")
         # Label the swept values themselves (256, 4096, ...) rather than powers of ten.
@@ -127,3 +138,16 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
         written.append(path)
     plt.close(fig)
     return written
+
+
+def _archs(trials: pd.DataFrame, x: str) -> dict[Any, str]:
+    """Each category's backbone (`[small_resnet]` under its tick), so a reader can match a method
+    to its random-init line; {} when the sweep trains one backbone only."""
+    if "backbone.arch" not in trials.columns:
+        return {}
+    out = {}
+    for value, group in trials.groupby(trials[x].map(lambda v: repr(norm_value(v)))):
+        archs = sorted({str(a) for a in group["backbone.arch"].dropna()})
+        key = norm_value(group[x].iloc[0])
+        out[key] = ", ".join(archs)
+    return out if len(set(out.values())) > 1 else {}

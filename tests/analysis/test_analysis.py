@@ -519,3 +519,40 @@ def test_pipeline_cost_sums_its_stages():
                           "source/device_hours": 0.25, "source/wall_s": 40.0,
                           "cluster/device_hours": 0.125, "cluster/wall_s": 5.0})
     assert out["device_hours"] == 0.875 and out["wall_s"] == 145.0
+
+
+def test_method_figure_draws_the_pixel_line_and_names_each_backbone(tmp_path, monkeypatch):
+    """A quickstart-shaped figure: a dashed raw-pixels line at the pixels' mean, a random-init
+    line per backbone, and each method's backbone under its tick."""
+    import matplotlib.axes
+    import pandas as pd
+
+    from analysis.figure import _archs
+    from analysis.values import norm_value
+
+    rows = []
+    for seed in (0, 1):
+        for label, arch, knn in (("moco_v2", "small_resnet", 0.8), ("cc_jigsaw_pp",
+                                                                    "alexnet_small", 0.7)):
+            rows.append({"label": label, "seed": seed, "backbone.arch": arch, "status": "finished",
+                         "eval/knn_top1": knn + 0.01 * seed, "eval/knn_top1_init": knn - 0.1,
+                         "eval/knn_top1_pixels": 0.78 + 0.01 * seed})
+    trials = pd.DataFrame(rows)
+    assert _archs(trials, "label") == {norm_value("moco_v2"): "small_resnet",
+                                       norm_value("cc_jigsaw_pp"): "alexnet_small"}
+    lines: list[tuple[float, str]] = []
+    real = matplotlib.axes.Axes.axhline
+
+    def spy(self, y=0, *args, **kwargs):
+        lines.append((round(y, 6), kwargs.get("label")))
+        return real(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy)
+    spec = parse_spec({"rows": "label", "metrics": ["eval/knn_top1"], "init_row": "random init",
+                       "pixels_row": "raw pixels",
+                       "figure": {"x": "label", "y": "eval/knn_top1", "xcategorical": True}},
+                      name="methods")
+    assert save_figure(build_table(trials, spec, {}), tmp_path)
+    assert (78.5, "raw pixels") in lines
+    assert {label for _, label in lines} == {"raw pixels", "random init (alexnet_small)",
+                                             "random init (small_resnet)"}
