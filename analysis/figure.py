@@ -146,7 +146,7 @@ def _archs(trials: pd.DataFrame, x: str) -> dict[Any, str]:
     if "backbone.arch" not in trials.columns:
         return {}
     out = {}
-    for value, group in trials.groupby(trials[x].map(lambda v: repr(norm_value(v)))):
+    for _key, group in trials.groupby(trials[x].map(lambda v: repr(norm_value(v)))):
         archs = sorted({str(a) for a in group["backbone.arch"].dropna()})
         key = norm_value(group[x].iloc[0])
         out[key] = ", ".join(archs)
