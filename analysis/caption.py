@@ -63,6 +63,20 @@ def _protocol(spec: Spec, df: pd.DataFrame) -> str | None:
                        m.count("/") >= 2})
     if transfer:
         parts.append(f"transfer to {', '.join(transfer)}: the frozen backbone, same probes")
+    if any(m.startswith("finetune/") for m in metrics):
+        ft = [f"{v} {what}" for key, what in (("epochs", "epochs"), ("lr", "lr"),
+                                             ("train_subset", "labelled images"))
+              if (v := distinct(df, f"eval.finetune.{key}")) is not None]
+        parts.append("fine-tuning: all layers + a new linear head"
+                     + (f" ({', '.join(ft)})" if ft else ""))
+    if any(m.startswith("detection/") for m in metrics):
+        det = [f"{what} {v}" for key, what in (("dataset", "on"), ("n_train", "train images"),
+                                              ("epochs", "epochs"), ("iterations", "iterations"),
+                                              ("image_size", "image size"), ("lr", "lr"),
+                                              ("bn", "BN"))
+               if (v := distinct(df, f"eval.detection.{key}")) is not None]
+        parts.append("detection: Faster R-CNN + FPN fine-tuned, COCO AP on the test split"
+                     + (f" ({', '.join(det)})" if det else ""))
     pre = []
     if (epochs := distinct(df, "train.epochs")) is not None:
         pre.append(f"{epochs} epochs")

@@ -24,14 +24,17 @@ from sslray.config_types import (
 from sslray.data.catalog import dataset_info
 from sslray.methods import METHOD_CONFIGS, MethodConfig
 from sslray.methods.moco import MoCoConfig
-from sslray.strict import ConfigError, apply_overrides, read_yaml, set_path, validate
+from sslray.methods.supervised import CLASSIFICATION_VIEW
+from sslray.strict import ConfigError, FieldError, apply_overrides, read_yaml, set_path, validate
 
 __all__ = [
     "AugmentConfig",
     "BackboneConfig",
     "ConfigError",
     "DataConfig",
+    "DetectionConfig",
     "EvalConfig",
+    "FinetuneConfig",
     "OptimConfig",
     "ResourcesConfig",
     "RunConfig",
@@ -92,6 +95,121 @@ class TrainConfig(StrictModel):
     compile: bool = False
 
 
+class FinetuneConfig(StrictModel):
+    """`eval.finetune`: full fine-tuning of a copy of the pre-trained backbone plus a new linear
+    head on a labelled in-memory dataset (metrics finetune/<dataset>/top1, top5; the run's
+    encoder is never modified). Runs at the end of a run (and at init with eval.at_init) on
+    rank 0, and in `sslray eval RUN_DIR --set eval.finetune.epochs=...`.
+
+    Defaults: the supervised baseline's recipe (torchvision's reference classification recipe,
+    the one `methods/supervised.py` scales down), as MoCo fine-tunes "with the same schedule as
+    the supervised counterpart" (sec. 4.2; paraphrase, not transcribed in notes/peers.md).
+    """
+
+    # None: the run's own data.dataset; else another labelled in-memory dataset (e.g. digits,
+    # mnist), resized to the pre-training image size as eval.transfer does
+    dataset: DatasetName | None = None
+    epochs: int = Field(default=90, ge=1)  # torchvision reference: 90 epochs
+    batch_size: int = Field(default=256, ge=2)  # torchvision reference: 256 (8 GPUs x 32)
+    lr: float = Field(default=0.1, gt=0)  # torchvision reference: 0.1 at batch 256
+    lr_scaling: Literal["linear", "none"] = "linear"  # lr x batch_size / 256, as optim.lr
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # torchvision reference: 0.9
+    # BYOL's fine-tuning uses Nesterov momentum (the issue's summary of its appendix C; not in
+    # notes/peers.md, so not the default): set true for that recipe
+    nesterov: bool = False  # torchvision reference: plain momentum
+    weight_decay: float = Field(default=1e-4, ge=0)  # torchvision reference: 1e-4
+    schedule: Literal["cosine", "step"] = "cosine"  # chosen: cosine, as the fmnist_* runs
+    milestones: tuple[float, ...] = (0.6, 0.8)  # step: x0.1 at these fractions (MoCo lincls)
+    warmup_epochs: float = Field(default=0.0, ge=0)  # torchvision reference: none
+    # Labelled training images fine-tuned on (a seeded subset; None: the whole training split):
+    # the CPU budget knob (semi-supervised style, as BYOL's 1 % / 10 % subsets)
+    train_subset: int | None = Field(default=None, ge=1)
+    test_subset: int | None = Field(default=None, ge=1)  # None: the whole test split
+    # Spatial augmentation only (random resized crop + flip): the supervised view
+    # (methods/supervised.py CLASSIFICATION_VIEW, crop 0.5-1 chosen for 28 px images)
+    augment: AugmentConfig = CLASSIFICATION_VIEW
+
+    @model_validator(mode="after")
+    def _steps(self) -> FinetuneConfig:
+        if any(not 0 < m <= 1 for m in self.milestones) or list(self.milestones) != sorted(
+                self.milestones):
+            raise FieldError("milestones", f"fractions of training in (0, 1], increasing, got "
+                             f"{list(self.milestones)}")
+        if self.warmup_epochs >= self.epochs:
+            raise FieldError("warmup_epochs", f"must be below epochs ({self.epochs}), got "
+                             f"{self.warmup_epochs}")
+        return self
+
+
+DetectionDataset = Literal["fmnist_det", "voc", "coco"]  # sslray.data.detection.load_detection
+
+
+class DetectionConfig(StrictModel):
+    """`eval.detection`: the pre-trained backbone (a copy) as the trunk of a Faster R-CNN with FPN
+    (`sslray.eval.detection.build_detector`), fine-tuned on a detection set and scored with COCO
+    AP on its test split: detection/<dataset>/AP, AP50, AP75 (MoCo Tables 2-5). Runs at the end
+    of a run (and at init with eval.at_init) on rank 0, and in `sslray eval RUN_DIR`.
+
+    The solver is detectron2's (WarmupMultiStepLR: linear warm-up from lr / 1000, x0.1 steps)
+    as MoCo's released configs set it (facebookresearch/moco detection/configs @ 90e244a:
+    Base-RCNN-C4-BN.yaml, pascal_voc_R_50_C4_24k.yaml, coco_R_50_C4_2x.yaml).
+    """
+
+    # fmnist_det: Fashion-MNIST garments on black canvases, generated offline (the CPU default);
+    # voc: train VOC07+12 trainval, test VOC07 test; coco: train2017 / val2017 (need `root`)
+    dataset: DetectionDataset = "fmnist_det"
+    # voc: holds VOCdevkit/; coco: holds train2017/, val2017/, annotations/; fmnist_det: the
+    # Fashion-MNIST IDX files (None: the installed default)
+    root: str | None = None
+    # fmnist_det: canvases per split (None: 2000, load_detection's default); voc/coco: the
+    # first n images of each split (None: all, the papers' protocol)
+    n_train: int | None = Field(default=None, ge=1)
+    n_test: int | None = Field(default=None, ge=1)
+    canvas: int = Field(default=96, ge=32)  # fmnist_det canvas pixels (sslray.data.detection)
+    # Short side the detector resizes images to (train and test). None: 800 for voc/coco (MoCo:
+    # MIN_SIZE_TEST 800; its multi-scale training sizes 480-800 are not implemented) and the
+    # canvas for fmnist_det
+    image_size: int | None = Field(default=None, ge=16)
+    epochs: int = Field(default=12, ge=1)  # chosen for fmnist_det; `iterations` overrides
+    # Optimiser steps in all (None: epochs x batches per epoch). MoCo VOC: 24000 (24k); COCO
+    # 1x: 90000, 2x: 180000 (coco_R_50_C4_2x.yaml)
+    iterations: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=16, ge=1)  # MoCo: IMS_PER_BATCH 16
+    lr: float = Field(default=0.02, gt=0)  # MoCo: BASE_LR 0.02 at batch 16
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # detectron2 SOLVER.MOMENTUM 0.9
+    weight_decay: float = Field(default=1e-4, ge=0)  # detectron2 WEIGHT_DECAY 1e-4 (norm: 0)
+    # lr x0.1 at these fractions of the iterations: MoCo VOC STEPS (18000, 22000) of 24000;
+    # COCO 2x (120000, 160000) of 180000 = (0.667, 0.889), as detectron2's 1x (60k, 80k of 90k)
+    lr_steps: tuple[float, ...] = (0.75, 0.9167)
+    warmup_iters: int = Field(default=100, ge=0)  # MoCo VOC: WARMUP_ITERS 100 (COCO: 1000)
+    flip_p: float = Field(default=0.5, ge=0, le=1)  # detectron2 training: RandomFlip 0.5
+    # BN in the trunk and the FPN: trained (MoCo sec. 4.2, its configs' naiveSyncBN; this stage
+    # runs on one device, so per-device BN) or frozen (torchvision's FrozenBatchNorm2d default)
+    bn: Literal["train", "frozen"] = "train"
+    trainable_layers: int | None = Field(default=None, ge=0)  # None: all (MoCo: FREEZE_AT 0)
+    fpn_channels: int | None = Field(default=None, ge=8)  # None: build_detector's (256 / 64)
+    representation_size: int | None = Field(default=None, ge=8)  # None: 1024 / 256
+
+    @model_validator(mode="after")
+    def _checks(self) -> DetectionConfig:
+        if self.dataset in ("voc", "coco") and not self.root:
+            where = {"voc": "VOCdevkit/", "coco": "train2017/, val2017/ and annotations/"}
+            raise FieldError("root", f"required for dataset {self.dataset}: the folder that "
+                             f"holds {where[self.dataset]} (sslray never downloads it)")
+        if any(not 0 < s <= 1 for s in self.lr_steps) or list(self.lr_steps) != sorted(
+                self.lr_steps):
+            raise FieldError("lr_steps", f"fractions of the iterations in (0, 1], increasing, "
+                             f"got {list(self.lr_steps)}")
+        return self
+
+    @property
+    def test_size(self) -> int:
+        """The detector's image size (short side)."""
+        if self.image_size is not None:
+            return self.image_size
+        return self.canvas if self.dataset == "fmnist_det" else 800
+
+
 class EvalConfig(StrictModel):
     knn_k: int = Field(default=200, ge=1)  # InstDisc (Wu et al. 2018) weighted kNN: k=200
     knn_temperature: float = Field(default=0.07, gt=0)  # InstDisc: tau=0.07
@@ -123,6 +241,10 @@ class EvalConfig(StrictModel):
     # to the pre-training image size (metrics transfer/<dataset>/...). Chosen: digits, bundled
     # with scikit-learn, is the offline second dataset for Fashion-MNIST runs.
     transfer: tuple[DatasetName, ...] = ()
+    # Full fine-tuning / detection transfer of the pre-trained backbone (None: off; MoCo Tables
+    # 2-5 and the papers' fine-tuning tables): see FinetuneConfig and DetectionConfig
+    finetune: FinetuneConfig | None = None
+    detection: DetectionConfig | None = None
 
 
 class ResourcesConfig(StrictModel):
@@ -165,6 +287,14 @@ class RunConfig(StrictModel):
                     f"eval.transfer: {name!r} cannot be a transfer dataset (use another "
                     f"labelled in-memory dataset than data.dataset, e.g. digits or mnist)"
                 )
+        ft = self.eval.finetune
+        if ft is not None:
+            name = ft.dataset or self.data.dataset
+            if dataset_info(name).files:  # (the loop below is for in-memory arrays)
+                key = "eval.finetune.dataset" if ft.dataset else "data.dataset"
+                raise FieldError(key, f"eval.finetune: {name!r} is read from image files; "
+                                 f"fine-tuning runs on in-memory datasets (e.g. fashion_mnist, "
+                                 f"digits, mnist, cifar10): set eval.finetune.dataset")
         self.method.check_run(self)  # the method's own checks against the run around it
         return self
 
@@ -192,6 +322,16 @@ class RunConfig(StrictModel):
         raw["data"].update(train_subset=min(self.data.train_subset or 256, 256))
         raw["data"].update(test_subset=min(self.data.test_subset or 128, 128), synthetic_size=256)
         raw["eval"].update(knn_k=min(self.eval.knn_k, 20), every_n_epochs=0)
+        ft, det = self.eval.finetune, self.eval.detection
+        if ft is not None:  # one epoch over a few batches
+            raw["eval"]["finetune"].update(epochs=1, warmup_epochs=0, batch_size=min(
+                ft.batch_size, 32), train_subset=min(ft.train_subset or 128, 128),
+                test_subset=min(ft.test_subset or 128, 128))
+        if det is not None:  # a few iterations on a few small images (voc/coco: still read)
+            raw["eval"]["detection"].update(
+                epochs=1, iterations=None, warmup_iters=min(det.warmup_iters, 2),
+                batch_size=min(det.batch_size, 4), n_train=min(det.n_train or 8, 8),
+                n_test=min(det.n_test or 8, 8), image_size=min(det.test_size, 128))
         if self.backbone.arch != "small_resnet":
             raw["backbone"].update(arch="small_resnet", width=8, blocks=(1, 1), small_stem=True)
         raw["method"] = self.method.smoke(batch).model_dump()

@@ -114,11 +114,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def set_path(raw: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
-    """Set `raw[a][b][c] = value` for key `a.b.c`, creating sections; in place."""
+    """Set `raw[a][b][c] = value` for key `a.b.c`, creating sections; in place. A section that
+    is null (an optional section switched off, e.g. `eval.finetune: null` in a run's
+    config.json) becomes a new one, so `eval.finetune.epochs=3` switches it on."""
     node = raw
     parts = key.strip().split(".")
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
             raise ConfigError(source, [f"{key}: '{where}' is a value, not a section"])

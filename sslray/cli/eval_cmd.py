@@ -18,14 +18,18 @@ from sslray.training.checkpoint import CheckpointError
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate a finished run's encoder (kNN, linear probes, transfer)",
+        help="evaluate a finished run's encoder (kNN, linear probes, transfer, fine-tuning, "
+        "detection)",
         description="Rebuild the model of RUN_DIR from its config.json, load its final.pt (or "
         "its latest checkpoint), and evaluate the frozen encoder as the run's eval section says, "
         "changed by --set eval.*=...; prints the metrics and appends them to RUN_DIR/eval.json.",
         epilog="examples:\n"
         "  sslray eval runs/fmnist_moco_v2\n"
         "  sslray eval runs/fmnist_moco_v2 --set eval.linear_paper_epochs=100 --init\n"
-        "  sslray eval runs/sweeps/quickstart/<trial dir> --set 'eval.transfer=[digits]'",
+        "  sslray eval runs/sweeps/quickstart/<trial dir> --set 'eval.transfer=[digits]'\n"
+        "  sslray eval runs/fmnist_moco_v2 --set eval.finetune.epochs=5 --init\n"
+        "  sslray eval runs/fmnist_moco_v2 --set eval.detection.n_train=1000 "
+        "--set eval.detection.epochs=3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run directory (sslray run --output, or a sweep trial's "

@@ -159,7 +159,7 @@ def frozen_bn(module: nn.Module) -> nn.Module:
     return module
 
 
-def _plain_bn(module: nn.Module) -> nn.Module:
+def plain_bn(module: nn.Module) -> nn.Module:
     """SplitBatchNorm2d (MoCo's single-device shuffle-BN emulation) -> BatchNorm2d, same state:
     detection batches (2 images per device) are not split."""
     if isinstance(module, nn.BatchNorm2d) and type(module) is not nn.BatchNorm2d:
@@ -168,7 +168,7 @@ def _plain_bn(module: nn.Module) -> nn.Module:
         bn.load_state_dict(module.state_dict())
         return bn
     for name, child in module.named_children():
-        new = _plain_bn(child)
+        new = plain_bn(child)
         if new is not child:
             setattr(module, name, new)
     return module
@@ -238,7 +238,7 @@ def build_detector(
         raise TypeError(f"build_detector: no detection trunk for {type(backbone).__name__}; "
                         f"expected TorchvisionResNet, SmallResNet or AlexNetSmall")
     net = copy.deepcopy(backbone).train()
-    net = _plain_bn(net) if bn == "train" else frozen_bn(net)
+    net = plain_bn(net) if bn == "train" else frozen_bn(net)
     _freeze(net, trainable_layers)
     strides, channels = _probe_maps(net)
     fpn_norm = nn.BatchNorm2d if bn == "train" else None  # MoCo detectron2: FPN.NORM SyncBN

@@ -1,4 +1,5 @@
-"""Frozen-feature evaluation of a run's encoder: kNN, the linear probes, transfer datasets.
+"""Evaluation of a run's encoder: kNN, the linear probes, transfer datasets (frozen features),
+and the fine-tuning stages (`eval.finetune`, `eval.detection`: copies of the encoder trained).
 
 Used at the start and end of a training run (`sslray.training.loop.fit`) and by `sslray eval`
 on a finished run directory.
@@ -46,6 +47,8 @@ class Evaluator:
         self.cfg, self.device = cfg, device
         self.spec = image_spec(cfg.data)
         self._transfer_cache: dict[str, tuple[Any, Any]] = {}
+        self._finetune_cache: tuple[Any, Any, ImageSpec] | None = None
+        self._detection_cache: tuple[Any, Any] | None = None
         info = dataset_info(cfg.data.dataset)
         self.files = info.files
         if self.files:
@@ -137,6 +140,53 @@ class Evaluator:
             self._transfer_cache[name] = (load_arrays(data_cfg, "train", labeled=True),
                                           load_arrays(data_cfg, "test"))
         return self._transfer_cache[name]
+
+    def _finetune_splits(self) -> tuple[Any, Any, ImageSpec]:
+        """eval.finetune's (train, test, spec): the run's dataset (its images as the run sees
+        them) or another one resized to the pre-training size; loaded once per run."""
+        ft = self.cfg.eval.finetune
+        assert ft is not None
+        if self._finetune_cache is None:
+            if ft.dataset is None or ft.dataset == self.cfg.data.dataset:
+                data_cfg, spec = self.cfg.data, self.spec
+            else:
+                data_cfg = DataConfig(dataset=ft.dataset, image_size=self.spec.size)
+                spec = transfer_spec(ft.dataset, self.spec.size)
+            data_cfg = data_cfg.model_copy(update={"train_subset": ft.train_subset,
+                                                   "test_subset": ft.test_subset})
+            self._finetune_cache = (load_arrays(data_cfg, "train", labeled=True),
+                                    load_arrays(data_cfg, "test"), spec)
+        return self._finetune_cache
+
+    def finetune(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
+        """eval.finetune: a copy of the encoder + a new head, all fine-tuned (rank 0 alone; the
+        others return {} and wait in fit()): finetune/<dataset>/top1, top5."""
+        ft = self.cfg.eval.finetune
+        if ft is None or dist.rank() != 0:
+            return {}
+        from sslray.eval.finetune import finetune
+
+        train, test, spec = self._finetune_splits()
+        out = finetune(encoder, train, test, spec, ft, device=self.device, seed=self.cfg.seed)
+        name = ft.dataset or self.cfg.data.dataset
+        return {f"finetune/{name}/{k}{suffix}": v for k, v in out.items()}
+
+    def detection(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
+        """eval.detection: a Faster R-CNN over a copy of the encoder, fine-tuned and scored by
+        COCO AP (rank 0 alone, as linear_paper): detection/<dataset>/AP, AP50, AP75."""
+        det = self.cfg.eval.detection
+        if det is None or dist.rank() != 0:
+            return {}
+        from sslray.eval.detection_transfer import detection_transfer, load_splits
+
+        if self._detection_cache is None:
+            self._detection_cache = load_splits(det)
+        out = detection_transfer(
+            encoder, det, self._detection_cache, pretrain_dataset=self.cfg.data.dataset,
+            device=self.device, seed=self.cfg.seed,
+            workers=0 if det.dataset == "fmnist_det" else self.cfg.data.loader_workers,
+            log=lambda line: print(f"{line}{' (random init)' if suffix else ''}", flush=True))
+        return {f"detection/{det.dataset}/{k}{suffix}": v for k, v in out.items()}
 
     def transfer(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
         """The frozen encoder on each `eval.transfer` dataset: transfer/<name>/knn_top1, ...

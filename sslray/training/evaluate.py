@@ -20,7 +20,8 @@ from sslray.training.checkpoint import load_trained_state
 
 def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | None = None,
                  at_init: bool = False) -> dict[str, float]:
-    """eval/* and transfer/* metrics of the run's trained encoder as `cfg.eval` says.
+    """eval/*, transfer/*, finetune/* and detection/* metrics of the run's trained encoder as
+    `cfg.eval` says.
 
     `at_init`: also measure the same architecture at its random initialisation (suffix _init).
     """
@@ -39,10 +40,14 @@ def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | Non
     if at_init:
         out.update(evaluator(method.feature_encoder(), suffix="_init"))
         out.update(evaluator.transfer(method.feature_encoder(), suffix="_init"))
+        out.update(evaluator.finetune(method.feature_encoder(), suffix="_init"))
+        out.update(evaluator.detection(method.feature_encoder(), suffix="_init"))
     module.load_state_dict(state["model"])
     encoder = method.feature_encoder()
     out.update(evaluator(encoder))
     out.update(evaluator.transfer(encoder))
     if cfg.eval.linear_paper_epochs:
         out.update(evaluator.linear_paper(encoder))
+    out.update(evaluator.finetune(encoder))  # eval.finetune / eval.detection, where set
+    out.update(evaluator.detection(encoder))
     return {"epoch": float(state["epoch"]), **out}

@@ -226,6 +226,10 @@ def fit(
         encoder = trainer.method.feature_encoder()
         trainer.extra.update(evaluator(encoder, suffix="_init"))
         trainer.extra.update(evaluator.transfer(encoder, suffix="_init"))
+        # fine-tuning and detection transfer of the random init: rank 0 alone (copies of the
+        # encoder), the others wait below
+        trainer.extra.update(evaluator.finetune(encoder, suffix="_init"))
+        trainer.extra.update(evaluator.detection(encoder, suffix="_init"))
         if cfg.eval.pixels:  # (N, 3*H*W) normalised pixels through the same probes
             trainer.extra.update(evaluator(nn.Flatten(), suffix="_pixels"))
             trainer.extra.update(evaluator.transfer(nn.Flatten(), suffix="_pixels"))
@@ -271,6 +275,10 @@ def fit(
             metrics.update(evaluator.transfer(trainer.method.feature_encoder()))
             if cfg.eval.linear_paper_epochs:
                 metrics.update(evaluator.linear_paper(trainer.method.feature_encoder()))
+            # rank 0 alone (the others wait in wait_for_evaluation below, outside the training
+            # collectives); each fine-tunes a deep copy, so final.pt holds the trained encoder
+            metrics.update(evaluator.finetune(trainer.method.feature_encoder()))
+            metrics.update(evaluator.detection(trainer.method.feature_encoder()))
         if last or (every and (epoch + 1) % every == 0):
             dist.wait_for_evaluation()
         # Cost, kept across resumes: wall seconds of training + evaluation, and device-hours

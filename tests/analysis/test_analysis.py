@@ -62,6 +62,8 @@ SHIPPED = [
     "byol_predictor",
     "byol_tau",
     "cc_sources",
+    "detection_transfer",
+    "detection_voc_coco",
     "jigsaw_clusters",
     "methods_imagenet",
     "moco_dictionary",
