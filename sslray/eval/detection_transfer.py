@@ -40,7 +40,7 @@ from sslray.data.detection import (
     load_detection,
 )
 from sslray.eval.detection import build_detector, coco_ap
-from sslray.eval.finetune import seeded
+from sslray.eval.finetune import guarded_step, seeded
 
 WARMUP_FACTOR = 1.0 / 1000  # detectron2 SOLVER.WARMUP_FACTOR (linear warm-up from lr / 1000)
 SUBSET_SEED = 0  # chosen: the same voc/coco subset (n_train, n_test) for every run
@@ -173,12 +173,7 @@ def detection_transfer(
                              _to([t for _, t in pairs], device))
                 loss = sum(losses.values())
                 assert isinstance(loss, torch.Tensor)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"eval.detection: the loss is {loss.item()} at "
-                                             f"iteration {step}; lower eval.detection.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                guarded_step(opt, loss, "eval.detection", f"iteration {step}")
                 step += 1
                 if log is not None and (step % every == 0 or step == total):
                     log(f"[detection] {cfg.dataset} iteration {step}/{total} (epoch "

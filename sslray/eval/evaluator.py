@@ -133,6 +133,12 @@ class Evaluator:
                 num_classes=self.num_classes, center=e.knn_center)
         return out
 
+    def pixels(self) -> dict[str, float]:
+        """The same probes (and transfer) on the raw pixels as the network sees them, flattened
+        to (N, 3*H*W): the baseline a small-image result must beat (suffix _pixels)."""
+        return {**self(nn.Flatten(), suffix="_pixels"),
+                **self.transfer(nn.Flatten(), suffix="_pixels")}
+
     def _transfer_splits(self, name: Any) -> tuple[Any, Any]:
         """A transfer dataset's (train, test) arrays, loaded once per run (init and end reuse)."""
         if name not in self._transfer_cache:

@@ -42,6 +42,15 @@ class FinetuneModel(nn.Module):
         return self.head(self.backbone(x))
 
 
+
+def guarded_step(opt: torch.optim.Optimizer, loss: torch.Tensor, key: str, where: str) -> None:
+    """zero_grad, backward, step; a non-finite loss stops the stage with the key to lower."""
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"{key}: the loss is {loss.item()} at {where}; lower {key}.lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
 def _out_dim(backbone: nn.Module) -> int:
     dim = getattr(backbone, "out_dim", None)
     if isinstance(dim, int):
@@ -120,12 +129,7 @@ def finetune(
                 for group in opt.param_groups:
                     group["lr"] = lr_at(cfg, base, step, total, steps_per_epoch)
                 loss = F.cross_entropy(model(x), train.labels[idx].to(device))
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"eval.finetune: the loss is {loss.item()} at step "
-                                             f"{step}; lower eval.finetune.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                guarded_step(opt, loss, "eval.finetune", f"step {step}")
                 step += 1
         model.eval()
         logits = []

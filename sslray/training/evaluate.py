@@ -8,7 +8,6 @@ pre-training them again.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from sslray.config import RunConfig
 from sslray.data.streams import load_train_split
@@ -35,8 +34,7 @@ def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | Non
     evaluator = Evaluator(cfg, device, train=data)
     out: dict[str, float] = {}
     if cfg.eval.pixels:  # the same probes on raw pixels (as the network sees them)
-        out.update(evaluator(nn.Flatten(), suffix="_pixels"))
-        out.update(evaluator.transfer(nn.Flatten(), suffix="_pixels"))
+        out.update(evaluator.pixels())
     if at_init:
         out.update(evaluator(method.feature_encoder(), suffix="_init"))
         out.update(evaluator.transfer(method.feature_encoder(), suffix="_init"))

@@ -231,8 +231,7 @@ def fit(
         trainer.extra.update(evaluator.finetune(encoder, suffix="_init"))
         trainer.extra.update(evaluator.detection(encoder, suffix="_init"))
         if cfg.eval.pixels:  # (N, 3*H*W) normalised pixels through the same probes
-            trainer.extra.update(evaluator(nn.Flatten(), suffix="_pixels"))
-            trainer.extra.update(evaluator.transfer(nn.Flatten(), suffix="_pixels"))
+            trainer.extra.update(evaluator.pixels())
         dist.wait_for_evaluation()
     # Constants of earlier stages in every report (cc: the clustering's NMI, k, the source's kNN).
     trainer.extra.update(inputs.report)
