@@ -16,6 +16,7 @@ Aggregation rules (they decide what a reader may conclude, so they are fixed her
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,19 +132,42 @@ def _mark_best(cells: list[Cell], column: MetricSpec) -> list[Cell]:
     ]
 
 
+def _key_str(value: object) -> str:
+    """A config value as a group key: NaN/None (the default) as "", 48.0 (pandas) as "48"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
-    """One random-init row per backbone: a sweep that trains different architectures (the cc
-    target is an AlexNet-style tower, the others ResNets) must not average their inits."""
-    keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks") if c in trials]
+    """One random-init row per backbone and input size: a sweep that trains different
+    architectures (the cc target is an AlexNet-style tower, the others ResNets) or probes at
+    different image sizes must not average their inits."""
+    keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks", "data.image_size")
+            if c in trials]
     if not keys or len(trials) == 0:
         return [(label, trials)]
-    groups = [(k if isinstance(k, tuple) else (k,), g)
-              for k, g in trials.groupby([trials[c].map(str) for c in keys], sort=True)]
+    groups = [(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)), g)
+              for k, g in trials.groupby([trials[c].map(_key_str) for c in keys], sort=True)]
     if len(groups) == 1:
         return [(label, trials)]
-    archs = [key[0] for key, _ in groups]
-    return [(f"{label} ({key[0]}" + (f", width {key[1]}" if archs.count(key[0]) > 1 else "")
-             + ")", g) for key, g in groups]
+
+    def varies(column: str) -> bool:
+        return len({key.get(column) for key, _ in groups}) > 1
+
+    def name(key: dict[str, str]) -> str:
+        arch = key.get("backbone.arch", "")
+        same_arch = [k for k, _ in groups if k.get("backbone.arch") == arch]
+        parts = [arch]
+        if len({k.get("backbone.width") for k in same_arch}) > 1:
+            parts.append(f"width {key['backbone.width']}")
+        if varies("data.image_size") and key.get("data.image_size"):
+            parts.append(f"{key['data.image_size']} px")
+        return f"{label} ({', '.join(p for p in parts if p)})"
+
+    return [(name(key), g) for key, g in groups]
 
 
 def _init_cell(trials: pd.DataFrame, metric: MetricSpec, suffix: str = "_init") -> Cell:

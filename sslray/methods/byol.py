@@ -35,6 +35,12 @@ class BYOLConfig(MethodConfigBase):
     name: Literal["byol"] = "byol"
     hidden_dim: int = Field(default=4096, ge=1)  # BYOL: projector / predictor MLP 4096
     proj_dim: int = Field(default=256, ge=1)  # BYOL: 256-d projection
+    # BYOL: an MLP projector; "linear" (one fc, as MoCo v1's head) is an ablation that keeps the
+    # loss's geometry on the backbone's features (what kNN probes); the predictor stays an MLP.
+    projector: Literal["mlp", "linear"] = "mlp"
+    # BYOL eq. 2: the loss symmetrised over both views (4 passes a step). False: view 1 online,
+    # view 2 target only (2 passes, as MoCo's asymmetric loss): half the compute per step.
+    symmetric: bool = True
     predictor: bool = True  # ablation (Table 5b): without the predictor BYOL collapses
     tau_base: float = Field(default=0.996, ge=0.0, le=1.0)  # BYOL 1000 ep; 0.99 for <= 300 ep
     tau_schedule: Literal["cosine", "fixed"] = "cosine"  # BYOL: cosine increase to 1
@@ -70,7 +76,11 @@ class BYOL(nn.Module):
         self.backbone = build_backbone(ctx.backbone)
         width = self.backbone.out_dim
         head_bn = cfg.bn != "none"
-        self.projector = mlp_head(width, cfg.hidden_dim, cfg.proj_dim, hidden_bn=head_bn)
+        self.projector: nn.Module = (
+            mlp_head(width, cfg.hidden_dim, cfg.proj_dim, hidden_bn=head_bn)
+            if cfg.projector == "mlp"
+            else nn.Linear(width, cfg.proj_dim)
+        )
         self.predictor = (
             mlp_head(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, hidden_bn=head_bn)
             if cfg.predictor
@@ -88,6 +98,12 @@ class BYOL(nn.Module):
 
     def training_step(self, batch: TrainBatch) -> StepOutput:
         v1, v2 = batch.views
+        if not self.cfg.symmetric:
+            z1 = self.online(v1)
+            with torch.no_grad():
+                t2 = self.target(v2)
+            loss = byol_loss(self.predictor(z1), t2)
+            return StepOutput(loss, {"loss": loss.detach(), "feature_std": feature_std(z1)})
         z1, z2 = self.online(v1), self.online(v2)  # (N, D)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():

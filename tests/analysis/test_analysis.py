@@ -71,6 +71,7 @@ SHIPPED = [
     "moco_shuffle_bn",
     "quickstart",
     "recipe_byol",
+    "recipe_demo",
     "recipe_moco_v2",
 ]
 
@@ -288,6 +289,21 @@ def test_init_rows_split_by_backbone(df, meta):
     assert [r.label for r in rows] == ["random init (alexnet_small)", "random init (small_resnet)"]
     assert all(r.cells[0].n == 1 for r in rows)  # one seed each
     assert [r.cells[0].mean for r in rows] == [pytest.approx(51.0), pytest.approx(55.0)]
+
+
+def test_init_rows_split_by_image_size_and_width(df, meta):
+    """A trunk probed at 48 px has its own random init, as does a second width of one arch."""
+    mixed = df.copy()
+    mixed["backbone.arch"] = "small_resnet"
+    mixed["data.image_size"] = [48 if s == 0 else None for s in mixed["seed"]]
+    rows = [r for r in build_table(mixed, small_spec(), meta).rows if r.is_init]
+    assert [r.label for r in rows] == ["random init (small_resnet)",
+                                       "random init (small_resnet, 48 px)"]
+    mixed["data.image_size"] = None
+    mixed["backbone.width"] = [8 if s == 0 else 16 for s in mixed["seed"]]
+    rows = [r for r in build_table(mixed, small_spec(), meta).rows if r.is_init]
+    assert [r.label for r in rows] == ["random init (small_resnet, width 16)",
+                                       "random init (small_resnet, width 8)"]
 
 
 def test_retried_trial_that_finished_is_finished(tmp_path):

@@ -71,6 +71,20 @@ def test_step_loss_is_the_sum_of_both_symmetric_terms():
     assert any(p.grad is not None for p in model.predictor.parameters())
 
 
+def test_asymmetric_step_is_view_1_online_against_view_2_target_only():
+    cfg = tiny_config(method={**BYOL_TINY, "symmetric": False})
+    torch.manual_seed(0)
+    model = build(cfg)
+    v1, v2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    out = model.training_step(Batch(labels=torch.zeros(8), index=torch.arange(8), views=(v1, v2)))
+    with torch.no_grad():
+        expected = byol_loss(model.predictor(model.online(v1)), model.target(v2))
+        swapped = byol_loss(model.predictor(model.online(v2)), model.target(v1))
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(out.loss.item() - swapped.item()) > 1e-3  # the other direction is not computed
+    assert 0.0 <= out.loss.item() <= 4.0
+
+
 def test_tau_schedules_and_target_update():
     cosine = build(tiny_config(method={**BYOL_TINY, "tau_base": 0.9}))
     assert [cosine.tau(x) for x in (0.0, 0.5, 1.0)] == pytest.approx([0.9, 0.95, 1.0])
@@ -87,6 +101,16 @@ def test_tau_schedules_and_target_update():
 def test_no_predictor_ablation_uses_identity():
     model = build(tiny_config(method={**BYOL_TINY, "predictor": False}))
     assert isinstance(model.predictor, nn.Identity)
+
+
+def test_linear_projector_ablation_is_one_fc_and_the_target_copies_it():
+    model = build(tiny_config(method={**BYOL_TINY, "projector": "linear"}))
+    assert isinstance(model.projector, nn.Linear)
+    assert model.projector.out_features == 8
+    target_projector = model.target[1]
+    assert isinstance(target_projector, nn.Linear)
+    assert torch.equal(target_projector.weight, model.projector.weight)
+    assert not target_projector.weight.requires_grad
 
 
 def test_lars_update_matches_formula_and_skips_excluded():
