@@ -25,11 +25,13 @@ MoCo reports as worse for self-supervised features, whose statistics differ from
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import io
+import sys
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -280,6 +282,20 @@ def _xywh(boxes: torch.Tensor) -> np.ndarray:
     return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)  # (K, 4) x, y, w, h
 
 
+@contextlib.contextmanager
+def _plain_print() -> Iterator[None]:
+    """builtins.print as a plain write to sys.stdout, for the duration (undoing Ray's patch)."""
+    def write(*objects: object, sep: str | None = " ", end: str | None = "\n",
+              file: Any = None, flush: bool = False) -> None:
+        (file or sys.stdout).write((sep or "").join(map(str, objects)) + (end or ""))
+
+    patched, builtins.print = builtins.print, write  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        builtins.print = patched
+
+
 def coco_ap(
     predictions: Sequence[Mapping[str, torch.Tensor]],
     targets: Sequence[Mapping[str, torch.Tensor]],
@@ -329,7 +345,9 @@ def coco_ap(
     if not dts:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     categories = [{"id": c} for c in sorted({g["category_id"] for g in gts})]
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+    # pycocotools prints its progress; Ray Train's workers patch builtins.print to log (and tee
+    # past a redirect), so both the stream and print are swapped for the call.
+    with contextlib.redirect_stdout(io.StringIO()), _plain_print():
         gt_api, dt_api = COCO(), COCO()
         gt_api.dataset = {"images": images, "annotations": gts, "categories": categories}
         dt_api.dataset = {"images": images, "annotations": dts, "categories": categories}

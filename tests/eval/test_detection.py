@@ -287,3 +287,18 @@ def test_resnet_trainable_layers_freeze_the_input_side():
         build_detector(bb, num_classes=3, image_size=96, trainable_layers=6)
     with pytest.raises(TypeError, match="Linear"):
         build_detector(torch.nn.Linear(2, 2), num_classes=3, image_size=96)
+
+
+def test_coco_ap_prints_nothing_even_under_a_patched_print(capsys, monkeypatch):
+    """Ray Train's workers patch builtins.print to log and tee past redirect_stdout."""
+    import builtins
+
+    calls = []
+    real = builtins.print
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: (calls.append(a), real(*a, **k)))
+    box = torch.tensor([[10.0, 10.0, 30.0, 30.0]])
+    target = {"boxes": box, "labels": torch.tensor([1])}
+    pred = {"boxes": box, "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}
+    assert coco_ap([pred], [target])["AP50"] == pytest.approx(1.0)
+    assert calls == [] and capsys.readouterr().out == ""
+    assert builtins.print is not real  # the patch is restored afterwards
