@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 
 from sslray.cli.ray_setup import QUIET_RAY_ENV
 from sslray.config import RunConfig, validate_raw
@@ -114,3 +117,35 @@ def three_step_losses(cfg: RunConfig) -> list[float]:
         return [trainer.train_step(b)["loss"].item() for b in batches]
     finally:
         torch.use_deterministic_algorithms(was_on, warn_only=warn_only)
+
+
+def state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of a module's state (weights and buffers), safe against later training."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """The same names holding exactly equal tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def backbone_tensors(model_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The online backbone's tensors in a checkpoint's model state (MoCo: `backbone.*`), named
+    as the backbone names them."""
+    return {k.removeprefix("backbone."): v for k, v in model_state["model"].items()
+            if k.startswith("backbone.")}
+
+
+def spy_on(monkeypatch: pytest.MonkeyPatch, module: Any, name: str,
+           part: Callable[[Any], nn.Module]) -> list[dict[str, torch.Tensor]]:
+    """Wrap builder `module.name` so each call records `state_copy(part(built))`, as built."""
+    calls: list[dict[str, torch.Tensor]] = []
+    build = getattr(module, name)
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        built = build(*args, **kwargs)
+        calls.append(state_copy(part(built)))
+        return built
+
+    monkeypatch.setattr(module, name, recording)
+    return calls

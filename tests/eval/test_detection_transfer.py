@@ -16,7 +16,6 @@ from sslray.cli.main import main
 from sslray.config import ConfigError, DetectionConfig, validate_raw
 from sslray.data.datasets import DEBIAN_FASHION_MNIST, DatasetError
 from sslray.data.detection import FashionMNISTDetection
-from sslray.eval.detection import build_detector
 from sslray.eval.detection_transfer import detection_transfer, hflip, load_splits, lr_at
 from sslray.methods import MethodContext, build_method
 from sslray.pipeline import run_any
@@ -25,7 +24,7 @@ from sslray.strict import apply_overrides
 from sslray.sweep.spec import expand, load_sweep
 from sslray.training.checkpoint import load_trained_state
 from sslray.training.loop import fit
-from tests.conftest import tiny_config, tiny_raw
+from tests.conftest import backbone_tensors, same_tensors, spy_on, state_copy, tiny_config, tiny_raw
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(),
@@ -37,19 +36,8 @@ TINY_DET = {"n_train": 8, "n_test": 4, "canvas": 48, "epochs": 1, "batch_size": 
             "warmup_iters": 1, "fpn_channels": 16, "representation_size": 32}
 
 
-def _states(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 def _backbone_of(run: Path) -> dict[str, torch.Tensor]:
-    state = load_trained_state(location(run), "moco")
-    return {k.removeprefix("backbone."): v for k, v in state["model"].items()
-            if k.startswith("backbone.")}
-
-
-def _same(body: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> bool:
-    """The detector trunk holds exactly the source's tensors (names as the backbone's)."""
-    return body.keys() == source.keys() and all(torch.equal(body[k], source[k]) for k in body)
+    return backbone_tensors(load_trained_state(location(run), "moco"))
 
 
 @pytest.fixture(autouse=True)
@@ -65,15 +53,7 @@ def one_thread():
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor]]:
     """The trunk weights of every detector the stage builds, as built (before training)."""
-    calls: list[dict[str, torch.Tensor]] = []
-
-    def build(*args, **kwargs):  # type: ignore[no-untyped-def]
-        det = build_detector(*args, **kwargs)
-        calls.append(_states(det.backbone.body))
-        return det
-
-    monkeypatch.setattr(dt_module, "build_detector", build)
-    return calls
+    return spy_on(monkeypatch, dt_module, "build_detector", lambda det: det.backbone.body)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +73,11 @@ def test_the_run_detects_with_its_trained_backbone_and_final_pt_keeps_it(
     run = tmp_path / "run"
     metrics = run_any(cfg, location(run), verbose=False)
     assert len(spy) == 2
-    assert _same(spy[1], _backbone_of(run))
+    assert same_tensors(spy[1], _backbone_of(run))
     torch.manual_seed(cfg.seed)
-    init = _states(build_method(cfg.method, MethodContext.of(cfg, num_samples=128))
+    init = state_copy(build_method(cfg.method, MethodContext.of(cfg, num_samples=128))
                    .feature_encoder())
-    assert _same(spy[0], init) and not _same(spy[1], init)
+    assert same_tensors(spy[0], init) and not same_tensors(spy[1], init)
     for name in ("AP", "AP50", "AP75"):
         for key in (f"detection/fmnist_det/{name}", f"detection/fmnist_det/{name}_init"):
             assert 0.0 <= metrics[key] <= 1.0, key
@@ -114,7 +94,7 @@ def test_sslray_eval_adds_detection_to_a_finished_run(
     last = json.loads((finished_run / "eval.json").read_text().splitlines()[-1])
     assert last["eval"]["detection"]["n_train"] == 8
     assert {"detection/fmnist_det/AP", "detection/fmnist_det/AP75_init"} <= set(last)
-    assert len(spy) == 2 and _same(spy[1], _backbone_of(finished_run))
+    assert len(spy) == 2 and same_tensors(spy[1], _backbone_of(finished_run))
 
 
 def test_pretrained_backbone_beats_random_init_on_fmnist_det() -> None:

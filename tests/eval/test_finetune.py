@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -17,14 +16,14 @@ from sslray.config import ConfigError, FinetuneConfig, RunConfig, validate_raw
 from sslray.config_types import DataConfig
 from sslray.data.catalog import image_spec
 from sslray.data.datasets import DEBIAN_FASHION_MNIST, load_arrays
-from sslray.eval.finetune import build_finetune_model, finetune, lr_at
+from sslray.eval.finetune import finetune, lr_at
 from sslray.methods import MethodContext, build_method
 from sslray.pipeline import run_any
 from sslray.storage import location
 from sslray.strict import apply_overrides
 from sslray.training.checkpoint import load_trained_state
 from sslray.training.loop import fit
-from tests.conftest import tiny_config, tiny_raw
+from tests.conftest import backbone_tensors, same_tensors, spy_on, state_copy, tiny_config, tiny_raw
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,32 +31,10 @@ pytestmark = pytest.mark.timeout(300)
 FINETUNE = {"epochs": 2, "batch_size": 32, "lr": 0.2, "test_subset": 64}
 
 
-def _states(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _backbone_of(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The online backbone's tensors in a checkpoint's model state (MoCo: `backbone.*`)."""
-    return {k.removeprefix("backbone."): v for k, v in state["model"].items()
-            if k.startswith("backbone.")}
-
-
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor]]:
     """The backbone weights of every model fine-tuning starts from, as built."""
-    calls: list[dict[str, torch.Tensor]] = []
-
-    def build(encoder: nn.Module, num_classes: int) -> ft_module.FinetuneModel:
-        model = build_finetune_model(encoder, num_classes)
-        calls.append(_states(model.backbone))
-        return model
-
-    monkeypatch.setattr(ft_module, "build_finetune_model", build)
-    return calls
+    return spy_on(monkeypatch, ft_module, "build_finetune_model", lambda m: m.backbone)
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +55,13 @@ def test_the_run_fine_tunes_its_trained_weights_and_final_pt_keeps_them(
     run = tmp_path / "run"
     metrics = run_any(cfg, location(run), verbose=False)
     assert len(spy) == 2  # at init, at the end
-    final = _backbone_of(load_trained_state(location(run), "moco"))
-    assert _equal(spy[1], final)
+    final = backbone_tensors(load_trained_state(location(run), "moco"))
+    assert same_tensors(spy[1], final)
     torch.manual_seed(cfg.seed)  # the run's initial weights (as Trainer seeds them)
     fresh = build_method(cfg.method, MethodContext.of(cfg, num_samples=128))
-    init = _states(fresh.feature_encoder())
-    assert _equal(spy[0], init)
-    assert not _equal(spy[1], init)
+    init = state_copy(fresh.feature_encoder())
+    assert same_tensors(spy[0], init)
+    assert not same_tensors(spy[1], init)
     for key in ("finetune/synthetic/top1", "finetune/synthetic/top1_init"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert "finetune/synthetic/top5" not in metrics  # 4 classes: top-1 only
@@ -95,12 +72,12 @@ def test_finetune_leaves_the_encoder_untouched() -> None:
     torch.manual_seed(0)
     method = build_method(cfg.method, MethodContext.of(cfg, num_samples=128))
     encoder = method.feature_encoder()
-    before = _states(encoder)
+    before = state_copy(encoder)
     encoder.train()
     train, test = load_arrays(cfg.data, "train"), load_arrays(cfg.data, "test")
     rng = torch.get_rng_state()
     out = finetune(encoder, train, test, image_spec(cfg.data), FinetuneConfig(**FINETUNE))
-    assert _equal(before, _states(encoder)) and encoder.training  # weights, BN stats, mode
+    assert same_tensors(before, state_copy(encoder)) and encoder.training  # weights, BN stats, mode
     assert torch.equal(rng, torch.get_rng_state())  # the caller's random state too
     again = finetune(encoder, train, test, image_spec(cfg.data), FinetuneConfig(**FINETUNE))
     assert out == again  # seeded: the same numbers twice
@@ -149,8 +126,9 @@ def test_sslray_eval_adds_fine_tuning_to_a_finished_run(
     assert last["eval"]["finetune"]["epochs"] == 1
     for key in ("finetune/synthetic/top1", "finetune/synthetic/top1_init"):
         assert 0.0 <= last[key] <= 1.0, key
-    assert _equal(spy[-1], _backbone_of(load_trained_state(location(finished_run), "moco")))
-    assert not _equal(spy[0], spy[-1])  # the first one: the random init
+    final = backbone_tensors(load_trained_state(location(finished_run), "moco"))
+    assert same_tensors(spy[-1], final)
+    assert not same_tensors(spy[0], spy[-1])  # the first one: the random init
 
 
 def test_only_rank_0_fine_tunes(monkeypatch: pytest.MonkeyPatch,
