@@ -156,7 +156,7 @@ def cluster_stage(cfg: RunConfig, src: RunConfig, src_uri: str) -> Clusters:
     from sslray.data.datasets import load_arrays, load_image_folder
     from sslray.eval.features import extract_features, extract_folder_features
     from sslray.eval.kmeans import kmeans, nmi, purity
-    from sslray.methods import MethodContext, as_module, build_method
+    from sslray.methods import MethodContext, as_module, build_method, probe_encoder
     from sslray.models.taps import LayerFeatures
 
     m = _cc(cfg)
@@ -166,7 +166,10 @@ def cluster_stage(cfg: RunConfig, src: RunConfig, src_uri: str) -> Clusters:
     ctx = MethodContext.of(src, num_samples=train_split_size(src.data), for_training=False)
     method = build_method(src.method, ctx)
     as_module(method).load_state_dict(state["model"])
-    encoder = LayerFeatures(method.feature_encoder(), m.layer).to(device)
+    # "final": the features the source's own probes read (Jigsaw++ `method.probe: tiles`: its
+    # tile grid); another layer: that layer of the trunk, pooled
+    encoder = (probe_encoder(method) if m.layer == "final"
+               else LayerFeatures(method.feature_encoder(), m.layer)).to(device)
     # The TARGET's training split; pseudo-label i belongs to sample i, the index the training
     # stream hands the target (ArrayStream rows, FileStream's ImageFolder sample index).
     spec, bs = image_spec(cfg.data), cfg.eval.batch_size

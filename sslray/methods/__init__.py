@@ -17,6 +17,7 @@ from sslray.methods.protocol import (
     SSLMethod,
     StepOutput,
     as_module,
+    probe_encoder,
 )
 from sslray.methods.supervised import Supervised
 
@@ -63,4 +64,5 @@ __all__ = [
     "StepOutput",
     "as_module",
     "build_method",
+    "probe_encoder",
 ]

@@ -52,7 +52,8 @@ class ClusterTransferConfig(MethodConfigBase):
     # and 10x the 10 classes (DeepCluster over-clusters ImageNet 10x with k=10000).
     k: int = Field(default=100, ge=2)
     # Which source layer is clustered: UNVERIFIED in the paper (a port uses VGG16 conv4; VISSL
-    # ClusterFit res5, i.e. the final stage); "final" is the source's pooled output.
+    # ClusterFit res5, i.e. the final stage); "final" is what the source's own probes read (its
+    # pooled output; a Jigsaw++ source with method.probe: tiles, its tile grid).
     layer: str = "final"
     kmeans_iters: int = Field(default=50, ge=1)  # VISSL ClusterFit: NUM_ITER 50
     # PCA-whitening before k-means (DeepCluster: 256 for 4096-d AlexNet fc features). None:

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from sslray.config_types import AugmentConfig
-from sslray.data.jigsaw import Puzzles, load_or_make_permutations, make_puzzles
+from sslray.data.jigsaw import Puzzles, load_or_make_permutations, make_puzzles, tile_mvn
 from sslray.methods.protocol import (
     MethodConfigBase,
     MethodContext,
@@ -58,6 +58,16 @@ class JigsawPPConfig(MethodConfigBase):
     # prototxt: dropout 0.5 after fc6; the same after fc7 as in CaffeNet (chosen, not verified).
     dropout: float = Field(default=0.5, ge=0, lt=1)
     augment: AugmentConfig = JIGSAW_CROP
+    # What the frozen-feature probes (kNN, linear, transfer) read. "image": the trunk on the
+    # whole image (the papers transfer the conv layers to whole images). "tiles": the network as
+    # it is trained, the trunk on tiles of the image resized to crop_size, each tile normalised
+    # (MVN) as in the puzzle, the tile features concatenated in position order: the
+    # context-free network's view (Noroozi & Favaro 2016, sec. 3). Fine-tuning and detection
+    # always take the trunk itself.
+    probe: Literal["image", "tiles"] = "image"
+    # Tiles per side for probe "tiles", spaced evenly over the crop (overlapping when more than
+    # grid); None: one centred tile per puzzle cell (grid per side).
+    probe_grid: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _geometry(self) -> JigsawPPConfig:
@@ -90,6 +100,46 @@ class JigsawPPConfig(MethodConfigBase):
         return (self.augment,)  # one crop; the puzzle is cut from it on the device
 
 
+def to_crop_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) float -> (B, C, size, size), bilinear (antialiased when shrinking): the
+    puzzle's crop, for training and for the tile probe alike."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=x.shape[-1] > size)
+
+
+class TileProbe(nn.Module):
+    """(N, C, H, W) -> (N, per_side**2 * D): the trunk on tile_size tiles cut from the image
+    resized to crop_size, MVN per tile (as the puzzle's tiles), features concatenated in
+    row-major position order. The trunk is held (a submodule: train/eval mode follows this
+    module), not copied. `per_side == grid` takes the centred tile of each puzzle cell; more
+    tiles are spaced evenly from edge to edge and overlap."""
+
+    def __init__(self, backbone: nn.Module, crop_size: int, tile_size: int, grid: int,
+                 per_side: int) -> None:
+        super().__init__()
+        self.backbone, self.crop_size, self.tile_size = backbone, crop_size, tile_size
+        if per_side == grid:
+            cell = crop_size // grid
+            starts = [i * cell + (cell - tile_size) // 2 for i in range(grid)]
+        elif per_side == 1:
+            starts = [(crop_size - tile_size) // 2]
+        else:
+            span = crop_size - tile_size
+            starts = [round(i * span / (per_side - 1)) for i in range(per_side)]
+        self.starts = starts
+        self.out_dim = len(starts) ** 2 * int(getattr(backbone, "out_dim", 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_crop_size(x.float(), self.crop_size)
+        t = self.tile_size
+        tiles = torch.stack([x[:, :, r:r + t, c:c + t] for r in self.starts
+                             for c in self.starts], dim=1)  # (N, K, C, t, t)
+        feats = self.backbone(tile_mvn(tiles).flatten(0, 1))  # (N * K, D)
+        return feats.view(x.shape[0], -1)
+
+
 def jigsaw_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the permutation classifier, in fp32 even under autocast.
 
@@ -102,7 +152,8 @@ def jigsaw_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class JigsawPP(nn.Module):
     """Siamese tile encoder (shared weights over the K tiles) -> fc6 per tile -> concat -> fc7 ->
-    permutation classifier. `feature_encoder()` is the tile encoder applied to whole images."""
+    permutation classifier. `feature_encoder()` is the tile encoder (applied to whole images);
+    `probe_encoder()` what the probes read (`method.probe`)."""
 
     Config = JigsawPPConfig
 
@@ -133,6 +184,14 @@ class JigsawPP(nn.Module):
     def feature_encoder(self) -> nn.Module:
         return self.backbone
 
+    def probe_encoder(self) -> nn.Module:
+        """What kNN / linear / transfer read (`method.probe`): the trunk, or its tile grid."""
+        cfg = self.cfg
+        if cfg.probe == "image":
+            return self.backbone
+        return TileProbe(self.backbone, cfg.crop_size, cfg.tile_size, cfg.grid,
+                         cfg.probe_grid or cfg.grid)
+
     def artifacts(self) -> Mapping[str, np.ndarray]:
         return self._artifacts
 
@@ -140,10 +199,7 @@ class JigsawPP(nn.Module):
         """Normalised views (B, C, S, S) -> `Puzzles` cut from crops resized to crop_size."""
         cfg = self.cfg
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            x = x.float()
-            if x.shape[-1] != cfg.crop_size or x.shape[-2] != cfg.crop_size:
-                x = F.interpolate(x, size=(cfg.crop_size, cfg.crop_size), mode="bilinear",
-                                  align_corners=False, antialias=x.shape[-1] > cfg.crop_size)
+            x = to_crop_size(x.float(), cfg.crop_size)
             # Grayscale acts on dataset-normalised values: a luma of (x - m) / s, which per-tile
             # MVN turns into the luma of x up to the small spread of the per-channel s.
             return make_puzzles(

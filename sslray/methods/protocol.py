@@ -128,6 +128,15 @@ def as_module(method: SSLMethod) -> nn.Module:
     return method
 
 
+def probe_encoder(method: SSLMethod) -> nn.Module:
+    """The module the frozen-feature probes read (kNN, linear, transfer, CC's clustering at
+    layer "final"): a method's optional `probe_encoder()` (Jigsaw++'s tile grid, `method.probe:
+    tiles`), else its `feature_encoder()`. Fine-tuning and detection always take
+    `feature_encoder()`: they need the backbone itself."""
+    hook = getattr(method, "probe_encoder", None)
+    return hook() if callable(hook) else method.feature_encoder()
+
+
 def feature_std(z: torch.Tensor) -> torch.Tensor:
     """Collapse monitor: mean per-dimension std of L2-normalised outputs z (N, D).
 

@@ -12,7 +12,7 @@ import torch
 from sslray.config import RunConfig
 from sslray.data.streams import load_train_split
 from sslray.eval.evaluator import Evaluator
-from sslray.methods import MethodContext, as_module, build_method
+from sslray.methods import MethodContext, as_module, build_method, probe_encoder
 from sslray.storage import Location
 from sslray.training.checkpoint import load_trained_state
 
@@ -36,16 +36,16 @@ def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | Non
     if cfg.eval.pixels:  # the same probes on raw pixels (as the network sees them)
         out.update(evaluator.pixels())
     if at_init:
-        out.update(evaluator(method.feature_encoder(), suffix="_init"))
-        out.update(evaluator.transfer(method.feature_encoder(), suffix="_init"))
+        out.update(evaluator(probe_encoder(method), suffix="_init"))
+        out.update(evaluator.transfer(probe_encoder(method), suffix="_init"))
         out.update(evaluator.finetune(method.feature_encoder(), suffix="_init"))
         out.update(evaluator.detection(method.feature_encoder(), suffix="_init"))
     module.load_state_dict(state["model"])
-    encoder = method.feature_encoder()
-    out.update(evaluator(encoder))
-    out.update(evaluator.transfer(encoder))
+    encoder, probe = method.feature_encoder(), probe_encoder(method)
+    out.update(evaluator(probe))
+    out.update(evaluator.transfer(probe))
     if cfg.eval.linear_paper_epochs:
-        out.update(evaluator.linear_paper(encoder))
+        out.update(evaluator.linear_paper(probe))
     out.update(evaluator.finetune(encoder))  # eval.finetune / eval.detection, where set
     out.update(evaluator.detection(encoder))
     return {"epoch": float(state["epoch"]), **out}

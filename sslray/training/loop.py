@@ -24,7 +24,7 @@ from sslray.data.catalog import image_spec
 from sslray.data.streams import Batch, load_train_split, make_stream
 from sslray.data.views import BatchedViews
 from sslray.eval.evaluator import Evaluator
-from sslray.methods import MethodContext, SSLMethod, as_module, build_method
+from sslray.methods import MethodContext, SSLMethod, as_module, build_method, probe_encoder
 from sslray.methods.protocol import TrainBatch
 from sslray.models import Backbone
 from sslray.training.optim import build_optimizer, set_impl
@@ -224,8 +224,9 @@ def fit(
     if cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
         # The random-init baseline of the same backbone, kept in the checkpoint for resumes.
         encoder = trainer.method.feature_encoder()
-        trainer.extra.update(evaluator(encoder, suffix="_init"))
-        trainer.extra.update(evaluator.transfer(encoder, suffix="_init"))
+        probe = probe_encoder(trainer.method)
+        trainer.extra.update(evaluator(probe, suffix="_init"))
+        trainer.extra.update(evaluator.transfer(probe, suffix="_init"))
         # fine-tuning and detection transfer of the random init: rank 0 alone (copies of the
         # encoder), the others wait below
         trainer.extra.update(evaluator.finetune(encoder, suffix="_init"))
@@ -269,11 +270,11 @@ def fit(
         last = epoch + 1 == cfg.train.epochs
         every = cfg.eval.every_n_epochs
         if last or (every and (epoch + 1) % every == 0):
-            metrics.update(evaluator(trainer.method.feature_encoder()))
+            metrics.update(evaluator(probe_encoder(trainer.method)))
         if last:
-            metrics.update(evaluator.transfer(trainer.method.feature_encoder()))
+            metrics.update(evaluator.transfer(probe_encoder(trainer.method)))
             if cfg.eval.linear_paper_epochs:
-                metrics.update(evaluator.linear_paper(trainer.method.feature_encoder()))
+                metrics.update(evaluator.linear_paper(probe_encoder(trainer.method)))
             # rank 0 alone (the others wait in wait_for_evaluation below, outside the training
             # collectives); each fine-tunes a deep copy, so final.pt holds the trained encoder
             metrics.update(evaluator.finetune(trainer.method.feature_encoder()))

@@ -273,3 +273,78 @@ def test_alexnet_small_shapes(size):
     assert net(torch.randn(2, 3, size, size)).shape == (2, 32)
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16, 32, 32, 32]  # AlexNet's 5 convs
+
+
+# -- the tile probe (method.probe: tiles) --------------------------------------------------------
+
+
+class _Flat(torch.nn.Module):
+    """A 'trunk' that returns its input tile flattened: the probe's cut, laid bare."""
+
+    out_dim = 3 * 4 * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def _mvn(t: torch.Tensor) -> torch.Tensor:
+    """Per-tile, per-channel MVN by hand (eps 1e-4 on the variance: sslray.data.jigsaw.MVN_EPS)."""
+    mean = t.mean(dim=(-2, -1), keepdim=True)
+    return (t - mean) / torch.sqrt(t.var(dim=(-2, -1), keepdim=True, unbiased=False) + 1e-4)
+
+
+@pytest.mark.parametrize(("per_side", "starts"), [(3, [1, 7, 13]), (4, [0, 5, 9, 14]), (1, [7])])
+def test_tile_probe_cuts_mvn_tiles_at_the_cells_or_evenly(per_side, starts):
+    """crop 18 (cells of 6), tiles of 4: per_side = grid takes each cell's centred tile (offset
+    1 = (6 - 4) / 2, the middle of the puzzle's jitter range); 4 per side spans 0..14 evenly."""
+    from sslray.methods.jigsaw_pp import TileProbe
+
+    x = torch.randn(2, 3, 18, 18)  # already at crop_size: no resize
+    probe = TileProbe(_Flat(), crop_size=18, tile_size=4, grid=3, per_side=per_side)
+    out = probe(x)
+    want = torch.cat([_mvn(x[:, :, r:r + 4, c:c + 4]).flatten(1) for r in starts for c in starts],
+                     dim=1)
+    assert probe.starts == starts and probe.out_dim == len(starts) ** 2 * 48
+    assert out.shape == (2, len(starts) ** 2 * 48)
+    torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_tile_probe_resizes_as_the_puzzle_does_and_follows_the_trunk():
+    """Input at another size is resized to crop_size first (the puzzle's bilinear resize); the
+    probe holds the trunk itself (no copy), so trained weights and eval mode carry over."""
+    from sslray.methods import probe_encoder
+    from sslray.methods.jigsaw_pp import TileProbe, to_crop_size
+
+    torch.manual_seed(0)
+    model = tiny_model(probe="tiles")
+    probe = probe_encoder(model)
+    assert isinstance(probe, TileProbe) and probe.backbone is model.backbone
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    direct = model.backbone(_mvn(to_crop_size(x, 24)[:, :, 1:7, 1:7]))  # cell 8, tile 6
+    assert torch.allclose(probe(x)[:, :direct.shape[1]], direct, atol=1e-4)
+    assert probe(x).shape == (2, 9 * model.backbone.out_dim)
+    image = tiny_model()
+    assert probe_encoder(image) is image.backbone  # probe: image, the default
+
+
+@pytest.mark.timeout(300)
+def test_a_run_with_the_tile_probe_reports_the_tile_grid_features(tmp_path):
+    """eval/knn_top1 of a `probe: tiles` run is the kNN of the trained trunk's tile grid (read
+    back from final.pt and measured again), not of the trunk on whole images."""
+    from sslray.eval.evaluator import Evaluator
+    from sslray.methods import MethodContext, as_module, build_method, probe_encoder
+    from sslray.pipeline import run_any
+    from sslray.storage import location
+    from sslray.training.checkpoint import load_trained_state
+
+    cfg = tiny_config(method={**TINY_JIGSAW, "probe": "tiles"}, eval={"knn_k": 10})
+    metrics = run_any(cfg, location(tmp_path / "run"), verbose=False)
+    method = build_method(cfg.method, MethodContext.of(cfg, num_samples=128, for_training=False))
+    as_module(method).load_state_dict(
+        load_trained_state(location(tmp_path / "run"), "jigsaw_pp")["model"])
+    ev = Evaluator(cfg, torch.device("cpu"))
+    tiles = ev(probe_encoder(method))["eval/knn_top1"]
+    image = ev(method.feature_encoder())["eval/knn_top1"]
+    assert metrics["eval/knn_top1"] == pytest.approx(tiles, abs=1e-6)
+    assert "eval/knn_top1_init" in metrics and tiles != image
