@@ -148,6 +148,10 @@ def _archs(trials: pd.DataFrame, x: str) -> dict[Any, str]:
     out = {}
     for _key, group in trials.groupby(trials[x].map(lambda v: repr(norm_value(v)))):
         archs = sorted({str(a) for a in group["backbone.arch"].dropna()})
+        if "method.probe" in group and (group["method.probe"] == "tiles").any():
+            grid = group.get("method.probe_grid", pd.Series(dtype=float)).dropna()
+            n = int(grid.iloc[0]) if len(grid) else 3
+            archs = [f"{a}, {n}x{n} tiles" for a in archs]  # as its random-init row names it
         key = norm_value(group[x].iloc[0])
         out[key] = ", ".join(archs)
     return out if len(set(out.values())) > 1 else {}

@@ -142,15 +142,17 @@ def _key_str(value: object) -> str:
 
 
 def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
-    """One random-init row per backbone and input size: a sweep that trains different
-    architectures (the cc target is an AlexNet-style tower, the others ResNets) or probes at
-    different image sizes must not average their inits."""
-    keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks", "data.image_size")
-            if c in trials]
+    """One random-init row per backbone, input size and probe: a sweep that trains different
+    architectures (the cc target is an AlexNet-style tower, the others ResNets), probes at
+    different image sizes, or reads a trunk differently (Jigsaw++ `method.probe: tiles`) must not
+    average their inits."""
+    keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks", "data.image_size",
+                        "method.probe", "method.probe_grid") if c in trials]
     if not keys or len(trials) == 0:
         return [(label, trials)]
     groups = [(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)), g)
-              for k, g in trials.groupby([trials[c].map(_key_str) for c in keys], sort=True)]
+              for k, g in trials.groupby([trials[c].map(_key_str).replace(
+                  {"image": ""} if c == "method.probe" else {}) for c in keys], sort=True)]
     if len(groups) == 1:
         return [(label, trials)]
 
@@ -165,6 +167,9 @@ def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFram
             parts.append(f"width {key['backbone.width']}")
         if varies("data.image_size") and key.get("data.image_size"):
             parts.append(f"{key['data.image_size']} px")
+        if key.get("method.probe") == "tiles":
+            grid = key.get("method.probe_grid") or "3"
+            parts.append(f"{grid}x{grid} tiles")
         return f"{label} ({', '.join(p for p in parts if p)})"
 
     return [(name(key), g) for key, g in groups]

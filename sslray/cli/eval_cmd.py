@@ -22,23 +22,30 @@ def add_parser(sub: Any) -> None:
         "detection)",
         description="Rebuild the model of RUN_DIR from its config.json, load its final.pt (or "
         "its latest checkpoint), and evaluate the frozen encoder as the run's eval section says, "
-        "changed by --set eval.*=...; prints the metrics and appends them to RUN_DIR/eval.json.",
+        "changed by --set eval.*=... (and Jigsaw++'s method.probe, method.probe_grid: what the "
+        "probes read); prints the metrics and appends them to RUN_DIR/eval.json.",
         epilog="examples:\n"
         "  sslray eval runs/fmnist_moco_v2\n"
         "  sslray eval runs/fmnist_moco_v2 --set eval.linear_paper_epochs=100 --init\n"
         "  sslray eval runs/sweeps/quickstart/<trial dir> --set 'eval.transfer=[digits]'\n"
         "  sslray eval runs/fmnist_moco_v2 --set eval.finetune.epochs=5 --init\n"
         "  sslray eval runs/fmnist_moco_v2 --set eval.detection.n_train=1000 "
-        "--set eval.detection.epochs=3",
+        "--set eval.detection.epochs=3\n"
+        "  sslray eval runs/fmnist_jigsaw_pp --set method.probe=image --init",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run directory (sslray run --output, or a sweep trial's "
                    "train-<id>/), local or a URI")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change an eval.* value, e.g. eval.knn_k=20 (repeatable)")
+                   help="change an eval.* value, e.g. eval.knn_k=20, or method.probe / "
+                   "method.probe_grid (repeatable)")
     p.add_argument("--init", action="store_true",
                    help="also evaluate the same architecture at random init (suffix _init)")
     p.set_defaults(func=guarded(run))
+
+
+# Method keys that change what the probes read, never the trained weights (Jigsaw++'s tile grid)
+PROBE_KEYS = ("method.probe", "method.probe_grid")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
         cfg_loc = loc if loc.exists("config.json") else cfg_loc
     if not cfg_loc.exists("config.json"):
         raise CheckpointError(f"{args.run_dir}: no config.json here: not an sslray run directory")
-    bad = [o for o in args.overrides if not o.strip().startswith("eval.")]
+    bad = [o for o in args.overrides if not o.strip().startswith("eval.")
+           and o.split("=", 1)[0].strip() not in PROBE_KEYS]
     if bad:
-        raise ConfigError("--set", [f"{o}: only eval.* keys can change for a trained model"
-                                    for o in bad])
+        raise ConfigError("--set", [f"{o}: only eval.* keys (and {', '.join(PROBE_KEYS)}) can "
+                                    "change for a trained model" for o in bad])
     raw = json.loads(cfg_loc.read_text("config.json"))["config"]
     cfg = validate_raw(apply_overrides(raw, args.overrides), source=f"{cfg_loc.uri}/config.json")
     from sslray.training.evaluate import evaluate_run
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     for key in sorted(metrics):
         if key != "epoch":
             print(f"  {key:<40} {metrics[key]:.4f}")
-    loc.append_line(json.dumps({"eval": json.loads(e.model_dump_json()), **metrics},
+    loc.append_line(json.dumps({"eval": json.loads(e.model_dump_json()), "set": args.overrides,
+                                **metrics},
                                sort_keys=True), "eval.json")
     return 0

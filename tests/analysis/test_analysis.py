@@ -304,6 +304,13 @@ def test_init_rows_split_by_image_size_and_width(df, meta):
     rows = [r for r in build_table(mixed, small_spec(), meta).rows if r.is_init]
     assert [r.label for r in rows] == ["random init (small_resnet, width 16)",
                                        "random init (small_resnet, width 8)"]
+    mixed["backbone.width"] = None
+    mixed["method.probe"] = ["tiles" if s == 0 else None for s in mixed["seed"]]
+    mixed["method.probe_grid"] = [4.0 if s == 0 else None for s in mixed["seed"]]
+    rows = [r for r in build_table(mixed, small_spec(), meta).rows if r.is_init]
+    assert [r.label for r in rows] == ["random init (small_resnet)",
+                                       "random init (small_resnet, 4x4 tiles)"]
+    assert [r.cells[0].mean for r in rows] == [pytest.approx(55.0), pytest.approx(51.0)]
 
 
 def test_retried_trial_that_finished_is_finished(tmp_path):
@@ -558,6 +565,10 @@ def test_method_figure_draws_the_pixel_line_and_names_each_backbone(tmp_path, mo
     trials = pd.DataFrame(rows)
     assert _archs(trials, "label") == {norm_value("moco_v2"): "small_resnet",
                                        norm_value("cc_jigsaw_pp"): "alexnet_small"}
+    tiles = trials.assign(**{"method.probe": ["tiles" if lab == "cc_jigsaw_pp" else None
+                                              for lab in trials["label"]],
+                             "method.probe_grid": 4.0})
+    assert _archs(tiles, "label")[norm_value("cc_jigsaw_pp")] == "alexnet_small, 4x4 tiles"
     lines: list[tuple[float, str]] = []
     real = matplotlib.axes.Axes.axhline
 

@@ -44,7 +44,9 @@ def test_eval_with_other_probes(finished_run: Path, capsys: pytest.CaptureFixtur
 def test_eval_bad_input(finished_run: Path, tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(finished_run), "--set", "train.epochs=3"]) == 2
-    assert "only eval.* keys" in capsys.readouterr().err
+    assert "only eval.* keys (and method.probe, method.probe_grid)" in capsys.readouterr().err
+    assert main(["eval", str(finished_run), "--set", "method.probe=tiles"]) == 2  # MoCo has none
+    assert "method.probe" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2
     assert "not an sslray run directory" in capsys.readouterr().err
     (tmp_path / "config.json").write_text((finished_run / "config.json").read_text())

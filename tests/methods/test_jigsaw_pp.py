@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -348,3 +349,10 @@ def test_a_run_with_the_tile_probe_reports_the_tile_grid_features(tmp_path):
     image = ev(method.feature_encoder())["eval/knn_top1"]
     assert metrics["eval/knn_top1"] == pytest.approx(tiles, abs=1e-6)
     assert "eval/knn_top1_init" in metrics and tiles != image
+    # `sslray eval --set method.probe=image`: the same trained trunk, read on whole images
+    from sslray.cli.main import main
+
+    assert main(["eval", str(tmp_path / "run"), "--set", "method.probe=image"]) == 0
+    again = json.loads((tmp_path / "run" / "eval.json").read_text().splitlines()[-1])
+    assert again["eval/knn_top1"] == pytest.approx(image, abs=1e-6)
+    assert again["set"] == ["method.probe=image"]
