@@ -173,10 +173,50 @@ def draw(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]], path: Path
     plt.close(fig)
 
 
+def newest(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                   dict[str, dict[str, Any]]]:
+    """Budget rows and reference lines from recorded JSON lines: the newest run of each
+    (method, budget) and each method's newest reference (`--plot`: a curve measured in parts)."""
+    runs: dict[tuple[str, float], dict[str, Any]] = {}
+    refs_of: dict[str, dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: str(r.get("timestamp", ""))):
+        if r.get("kind") == "budget":
+            runs[(r["method"], float(r["budget_min"]))] = r
+        elif r.get("kind") == "reference" and "init" in r:
+            refs_of[r["method"]] = r
+    order = list(METHODS)
+    rows = sorted(runs.values(), key=lambda r: (order.index(r["method"]) if r["method"] in order
+                                                else len(order), r["budget_min"]))
+    refs: dict[str, dict[str, Any]] = {}
+    latest = max(refs_of.values(), key=lambda r: str(r.get("timestamp", "")), default=None)
+    if latest is not None:
+        refs["raw pixels"] = latest["pixels"]
+    for r in refs_of.values():
+        refs[f"random init ({r['backbone']})"] = r["init"]
+    return rows, refs
+
+
+def plot(path: Path, figure: str | None) -> list[dict[str, Any]]:
+    """`--plot FILE`: the table (stderr) and figure of every curve point recorded in FILE."""
+    if not path.is_file():
+        raise SystemExit(f"--plot: {path} is not a file of quality_curve JSON lines")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, refs = newest([r for r in records if r.get("benchmark") == "quality_curve"])
+    if not rows:
+        raise SystemExit(f"--plot: {path} holds no quality_curve budget runs")
+    log(markdown(rows, refs))
+    if figure:
+        draw(rows, refs, Path(figure))
+        log(f"figure: {figure}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="example: python -m benchmarks.quality_curve --budgets 1,2,4 --methods moco_v2",
+        epilog="examples:\n  python -m benchmarks.quality_curve --budgets 1,2,4 --methods moco_v2\n"
+        "  python -m benchmarks.quality_curve --plot benchmarks/results/quality_curve.jsonl "
+        "--figure curve.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated, of {', '.join(METHODS)}")
@@ -188,7 +228,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--figure", default=None, help="write the figure here (png/svg)")
     p.add_argument("--wait-quiet", type=float, default=60.0,
                    help="seconds to wait for a quiet machine before each run")
+    p.add_argument("--plot", default=None, metavar="JSONL",
+                   help="train nothing: table and --figure from the runs recorded in JSONL "
+                   "(the newest per method and budget)")
     args = p.parse_args(argv)
+    if args.plot:
+        return plot(Path(args.plot), args.figure)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -46,3 +46,26 @@ def test_a_toy_curve_end_to_end(tmp_path: Path) -> None:
         assert {"knn", "linear"} <= set(rec) and 0 < rec["knn"] <= 1
     assert ref["pixels"] != ref["init"] and run["wall_s"] > 0 and run["backbone"] == "small_resnet"
     assert fig.stat().st_size > 10_000  # a drawn PNG
+
+
+def test_plot_takes_the_newest_run_of_each_method_and_budget(tmp_path: Path) -> None:
+    """`--plot`: a curve measured in parts (budgets on different days) is drawn from its JSON
+    lines, a re-measured point replacing the older one, without training anything."""
+    def rec(kind: str, ts: str, **kw: object) -> dict[str, object]:
+        return {"benchmark": "quality_curve", "kind": kind, "timestamp": ts, **kw}
+
+    point = dict(method="moco_v2", label="MoCo v2", backbone="small_resnet", epochs=3,
+                 wall_s=60.0, knn_60k=0.7, linear=0.7)
+    lines = [rec("reference", "2026-01-01", method="moco_v2", backbone="small_resnet",
+                 pixels={"knn": 0.78}, init={"knn": 0.6}),
+             rec("budget", "2026-01-01", budget_min=1.0, knn=0.70, **point),
+             rec("budget", "2026-01-02", budget_min=1.0, knn=0.72, **point),
+             rec("budget", "2026-01-01", budget_min=4.0, knn=0.80, **point),
+             {"benchmark": "other", "kind": "budget"}]
+    jsonl, fig = tmp_path / "q.jsonl", tmp_path / "q.png"
+    jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows = quality_curve.main(["--plot", str(jsonl), "--figure", str(fig)])
+    assert [(r["budget_min"], r["knn"]) for r in rows] == [(1.0, 0.72), (4.0, 0.80)]
+    assert fig.stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="not a file"):
+        quality_curve.main(["--plot", str(tmp_path / "missing.jsonl")])
