@@ -90,7 +90,11 @@ class StepOutput:
 
 @runtime_checkable
 class SSLMethod(Protocol):
-    """A method's module (an `nn.Module`; `as_module` gives that view of it)."""
+    """A method's module (an `nn.Module`; `as_module` gives that view of it).
+
+    Optional: `probe_encoder() -> nn.Module`, what the frozen-feature probes read when it is not
+    the trunk itself (Jigsaw++'s tile grid); `probe_encoder(method)` falls back to
+    `feature_encoder()`."""
 
     wants_sync_bn: bool  # convert BatchNorm to SyncBatchNorm (GPU workers only)
 
