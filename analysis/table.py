@@ -141,6 +141,15 @@ def _key_str(value: object) -> str:
     return str(value)
 
 
+def tile_label(probe: object, probe_grid: object) -> str:
+    """"4x4 tiles" for a trunk probed on its tile grid (Jigsaw++ `method.probe: tiles`; no
+    probe_grid: the 3x3 puzzle cells), "" otherwise: how its init row and its tick name it."""
+    if probe != "tiles":
+        return ""
+    grid = _key_str(probe_grid) or "3"
+    return f"{grid}x{grid} tiles"
+
+
 def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
     """One random-init row per backbone, input size and probe: a sweep that trains different
     architectures (the cc target is an AlexNet-style tower, the others ResNets), probes at
@@ -167,9 +176,7 @@ def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFram
             parts.append(f"width {key['backbone.width']}")
         if varies("data.image_size") and key.get("data.image_size"):
             parts.append(f"{key['data.image_size']} px")
-        if key.get("method.probe") == "tiles":
-            grid = key.get("method.probe_grid") or "3"
-            parts.append(f"{grid}x{grid} tiles")
+        parts.append(tile_label(key.get("method.probe"), key.get("method.probe_grid")))
         return f"{label} ({', '.join(p for p in parts if p)})"
 
     return [(name(key), g) for key, g in groups]

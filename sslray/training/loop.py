@@ -269,12 +269,13 @@ def fit(
             )
         last = epoch + 1 == cfg.train.epochs
         every = cfg.eval.every_n_epochs
+        probe = probe_encoder(trainer.method)  # a view of the trunk (no copy): cheap to make
         if last or (every and (epoch + 1) % every == 0):
-            metrics.update(evaluator(probe_encoder(trainer.method)))
+            metrics.update(evaluator(probe))
         if last:
-            metrics.update(evaluator.transfer(probe_encoder(trainer.method)))
+            metrics.update(evaluator.transfer(probe))
             if cfg.eval.linear_paper_epochs:
-                metrics.update(evaluator.linear_paper(probe_encoder(trainer.method)))
+                metrics.update(evaluator.linear_paper(probe))
             # rank 0 alone (the others wait in wait_for_evaluation below, outside the training
             # collectives); each fine-tunes a deep copy, so final.pt holds the trained encoder
             metrics.update(evaluator.finetune(trainer.method.feature_encoder()))
