@@ -103,3 +103,45 @@ def test_raw_pixel_baseline(tmp_path: Path) -> None:
     for key in ("eval/knn_top1_pixels", "eval/linear_fast_top1_pixels",
                 "transfer/digits/knn_top1_pixels"):
         assert 0.25 < metrics[key] <= 1.0, key  # 4 synthetic classes / 10 digits: above chance
+
+
+def test_the_cluster_stage_clusters_what_the_sources_probes_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """layer "final" of a Jigsaw++ source with `method.probe: tiles`: k-means gets the trained
+    trunk's tile-grid features (as the source's own probes read it), not its whole-image ones."""
+    import sslray.eval.kmeans as kmeans_module
+    from sslray.data.catalog import image_spec
+    from sslray.data.datasets import load_arrays
+    from sslray.eval.features import extract_features
+    from sslray.methods import MethodContext, as_module, build_method, probe_encoder
+    from sslray.pipeline import cluster_stage
+    from sslray.training.checkpoint import load_trained_state
+    from tests.methods.test_jigsaw_pp import TINY_JIGSAW
+
+    src_cfg = tiny_config(method={**TINY_JIGSAW, "probe": "tiles"},
+                          train={"epochs": 1, "batch_size": 32})
+    run_any(src_cfg, location(tmp_path / "src"), verbose=False)
+    seen: list[np.ndarray] = []
+    real = kmeans_module.kmeans
+
+    def recording(features: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        seen.append(np.array(features, copy=True))
+        return real(features, *args, **kwargs)
+
+    monkeypatch.setattr(kmeans_module, "kmeans", recording)
+    cfg = cc_config(tmp_path, source=str(tmp_path / "src"), k=4, layer="final")
+    clusters = cluster_stage(cfg, src_cfg, location(tmp_path / "src").uri)
+    # The same features measured here from final.pt: the source's tile probe, and its trunk.
+    method = build_method(src_cfg.method,
+                          MethodContext.of(src_cfg, num_samples=128, for_training=False))
+    as_module(method).load_state_dict(
+        load_trained_state(location(tmp_path / "src"), "jigsaw_pp")["model"])
+    data = load_arrays(cfg.data, "train")
+    tiles = extract_features(probe_encoder(method), data, image_spec(cfg.data)).numpy()
+    image = extract_features(method.feature_encoder(), data, image_spec(cfg.data)).numpy()
+    (features,) = seen
+    assert features.shape == (128, 9 * method.feature_encoder().out_dim) == tiles.shape
+    assert image.shape[1] != features.shape[1]
+    np.testing.assert_allclose(features, tiles, atol=1e-5)
+    assert clusters.labels.shape == (128,) and clusters.stats["layer"] == "final"

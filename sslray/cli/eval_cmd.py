@@ -62,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError("--set", [f"{o}: only eval.* keys (and {', '.join(PROBE_KEYS)}) can "
                                     "change for a trained model" for o in bad])
+    overrides = list(args.overrides)
+    given = {k.strip(): v.strip() for k, _, v in (o.partition("=") for o in overrides)}
+    if given.get("method.probe") == "image" and "method.probe_grid" not in given:
+        overrides.append("method.probe_grid=null")  # the grid belongs to the tile probe
     raw = json.loads(cfg_loc.read_text("config.json"))["config"]
-    cfg = validate_raw(apply_overrides(raw, args.overrides), source=f"{cfg_loc.uri}/config.json")
+    cfg = validate_raw(apply_overrides(raw, overrides), source=f"{cfg_loc.uri}/config.json")
     from sslray.training.evaluate import evaluate_run
 
     start = time.perf_counter()
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     for key in sorted(metrics):
         if key != "epoch":
             print(f"  {key:<40} {metrics[key]:.4f}")
-    loc.append_line(json.dumps({"eval": json.loads(e.model_dump_json()), "set": args.overrides,
+    loc.append_line(json.dumps({"eval": json.loads(e.model_dump_json()), "set": overrides,
                                 **metrics},
                                sort_keys=True), "eval.json")
     return 0

@@ -80,6 +80,11 @@ class JigsawPPConfig(MethodConfigBase):
                 f"tile_size {self.tile_size} + jitter {self.jitter} + channel_shift_px "
                 f"{self.channel_shift_px} must fit in a cell of {cell} px (crop_size / grid)"
             )
+        if self.probe_grid is not None and self.probe != "tiles":
+            raise ValueError(
+                f"probe_grid {self.probe_grid} applies to probe: tiles only; with probe: "
+                f"{self.probe} remove it (on the command line: method.probe_grid=null)"
+            )
         if self.num_permutations > math.factorial(k):
             raise ValueError(f"num_permutations must be <= {k}! = {math.factorial(k)}")
         probs = self.occlusion_probs

@@ -262,6 +262,9 @@ def test_config_geometry_errors_name_the_keys():
     with pytest.raises(ConfigError, match="occlusion_probs"):
         tiny_config(method={**TINY_JIGSAW, "occlusion_probs": [0.5, 0.4]})
     assert tiny_config(method={"name": "jigsaw_pp"}).method.gap == 21  # 85 - 64, the authors'
+    with pytest.raises(ConfigError, match="probe_grid 4 applies to probe: tiles only"):
+        tiny_config(method={**TINY_JIGSAW, "probe_grid": 4})  # probe: image, the default
+    assert tiny_config(method={**TINY_JIGSAW, "probe": "tiles", "probe_grid": 4})
 
 
 # -- alexnet_small -------------------------------------------------------------------------------
@@ -339,7 +342,8 @@ def test_a_run_with_the_tile_probe_reports_the_tile_grid_features(tmp_path):
     from sslray.storage import location
     from sslray.training.checkpoint import load_trained_state
 
-    cfg = tiny_config(method={**TINY_JIGSAW, "probe": "tiles"}, eval={"knn_k": 10})
+    cfg = tiny_config(method={**TINY_JIGSAW, "probe": "tiles", "probe_grid": 2},
+                      eval={"knn_k": 10})
     metrics = run_any(cfg, location(tmp_path / "run"), verbose=False)
     method = build_method(cfg.method, MethodContext.of(cfg, num_samples=128, for_training=False))
     as_module(method).load_state_dict(
@@ -355,4 +359,4 @@ def test_a_run_with_the_tile_probe_reports_the_tile_grid_features(tmp_path):
     assert main(["eval", str(tmp_path / "run"), "--set", "method.probe=image"]) == 0
     again = json.loads((tmp_path / "run" / "eval.json").read_text().splitlines()[-1])
     assert again["eval/knn_top1"] == pytest.approx(image, abs=1e-6)
-    assert again["set"] == ["method.probe=image"]
+    assert again["set"] == ["method.probe=image", "method.probe_grid=null"]  # grid: tiles only
