@@ -119,6 +119,20 @@ def three_step_losses(cfg: RunConfig) -> list[float]:
         torch.use_deterministic_algorithms(was_on, warn_only=warn_only)
 
 
+def trained_method(cfg: RunConfig, run_dir: Any) -> Any:
+    """The method of `cfg`, its weights loaded from the finished run in `run_dir` (final.pt)."""
+    from sslray.data.catalog import train_split_size
+    from sslray.methods import MethodContext, as_module, build_method
+    from sslray.storage import location
+    from sslray.training.checkpoint import load_trained_state
+
+    ctx = MethodContext.of(cfg, num_samples=train_split_size(cfg.data), for_training=False)
+    method = build_method(cfg.method, ctx)
+    as_module(method).load_state_dict(
+        load_trained_state(location(run_dir), cfg.method.name)["model"])
+    return method
+
+
 def state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of a module's state (weights and buffers), safe against later training."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -14,7 +14,7 @@ import yaml
 from sslray.config import ConfigError
 from sslray.pipeline import run_any, source_config
 from sslray.storage import location
-from tests.conftest import tiny_config, tiny_raw
+from tests.conftest import tiny_config, tiny_raw, trained_method
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -114,9 +114,8 @@ def test_the_cluster_stage_clusters_what_the_sources_probes_read(
     from sslray.data.catalog import image_spec
     from sslray.data.datasets import load_arrays
     from sslray.eval.features import extract_features
-    from sslray.methods import MethodContext, as_module, build_method, probe_encoder
+    from sslray.methods import probe_encoder
     from sslray.pipeline import cluster_stage
-    from sslray.training.checkpoint import load_trained_state
     from tests.methods.test_jigsaw_pp import TINY_JIGSAW
 
     src_cfg = tiny_config(method={**TINY_JIGSAW, "probe": "tiles"},
@@ -133,10 +132,7 @@ def test_the_cluster_stage_clusters_what_the_sources_probes_read(
     cfg = cc_config(tmp_path, source=str(tmp_path / "src"), k=4, layer="final")
     clusters = cluster_stage(cfg, src_cfg, location(tmp_path / "src").uri)
     # The same features measured here from final.pt: the source's tile probe, and its trunk.
-    method = build_method(src_cfg.method,
-                          MethodContext.of(src_cfg, num_samples=128, for_training=False))
-    as_module(method).load_state_dict(
-        load_trained_state(location(tmp_path / "src"), "jigsaw_pp")["model"])
+    method = trained_method(src_cfg, tmp_path / "src")
     data = load_arrays(cfg.data, "train")
     tiles = extract_features(probe_encoder(method), data, image_spec(cfg.data)).numpy()
     image = extract_features(method.feature_encoder(), data, image_spec(cfg.data)).numpy()

@@ -15,7 +15,7 @@ from sslray.config_types import BackboneConfig
 from sslray.data.jigsaw import load_or_make_permutations, make_permutations, make_puzzles
 from sslray.methods.jigsaw_pp import JigsawPP, jigsaw_loss
 from sslray.models import build_backbone
-from tests.conftest import build, three_step_losses, tiny_config
+from tests.conftest import build, three_step_losses, tiny_config, trained_method
 
 TINY_JIGSAW = {"name": "jigsaw_pp", "num_permutations": 100, "crop_size": 24, "tile_size": 6,
                "jitter": 1, "channel_shift_px": 1, "tile_dim": 16, "hidden_dim": 32,
@@ -337,17 +337,14 @@ def test_a_run_with_the_tile_probe_reports_the_tile_grid_features(tmp_path):
     """eval/knn_top1 of a `probe: tiles` run is the kNN of the trained trunk's tile grid (read
     back from final.pt and measured again), not of the trunk on whole images."""
     from sslray.eval.evaluator import Evaluator
-    from sslray.methods import MethodContext, as_module, build_method, probe_encoder
+    from sslray.methods import probe_encoder
     from sslray.pipeline import run_any
     from sslray.storage import location
-    from sslray.training.checkpoint import load_trained_state
 
     cfg = tiny_config(method={**TINY_JIGSAW, "probe": "tiles", "probe_grid": 2},
                       eval={"knn_k": 10})
     metrics = run_any(cfg, location(tmp_path / "run"), verbose=False)
-    method = build_method(cfg.method, MethodContext.of(cfg, num_samples=128, for_training=False))
-    as_module(method).load_state_dict(
-        load_trained_state(location(tmp_path / "run"), "jigsaw_pp")["model"])
+    method = trained_method(cfg, tmp_path / "run")
     ev = Evaluator(cfg, torch.device("cpu"))
     tiles = ev(probe_encoder(method))["eval/knn_top1"]
     image = ev(method.feature_encoder())["eval/knn_top1"]
