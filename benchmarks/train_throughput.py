@@ -224,7 +224,7 @@ def _compute_step(method: str, trainer: Any, batch: int, size: int) -> Any:
     from sslray.methods.byol import byol_loss
 
     m, opt = trainer.method, trainer.optimizer
-    cl = trainer.cfg.train.channels_last
+    cl = trainer.channels_last  # train.channels_last, unless the backbone declines it
     g = torch.Generator().manual_seed(0)
 
     def tensor(*shape: int) -> torch.Tensor:

@@ -125,3 +125,27 @@ def build_backbone(
     if cfg.arch == "alexnet_small":
         return AlexNetSmall(cfg.width, tuple(cfg.blocks), norm_layer, cfg.pool_grid)
     return TorchvisionResNet(cfg.arch, cfg.small_stem, norm_layer)
+
+
+def channels_last_hazard(cfg: BackboneConfig) -> str | None:
+    """Why this backbone must not train channels_last on a CPU, or None when it may.
+
+    torch 2.14.1's oneDNN corrupts the heap ("double free or corruption", then SIGABRT) computing
+    the weight gradient of a channels_last 1x1 stride-2 convolution over 2-7 input channels in
+    fp32 on a 1-thread AVX2 CPU (measured here: in_channels 2-7 abort, 1, 8, 10, 12 and 20 do
+    not; forward and input gradient do not). Such convolutions are ResNet downsample shortcuts
+    of a stage under 8 channels wide, which only toy widths (small_resnet width < 8) have, so the
+    rule declines channels_last for any 1x1 strided convolution over fewer than 8 channels. The
+    backbone is built on the meta device: no memory, no initialisation cost.
+    """
+    with torch.device("meta"):
+        net = build_backbone(cfg)
+    for name, m in net.named_modules():
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                and m.in_channels < 8):
+            return (f"backbone {cfg.arch} width {cfg.width}: {name} is a 1x1 stride-"
+                    f"{m.stride[0]} convolution over {m.in_channels} channels, whose "
+                    "channels_last weight gradient corrupts the heap in torch 2.14.1 on AVX2 "
+                    "CPUs (declined on every CPU, so a config trains in one layout everywhere)")
+    return None
+

@@ -11,7 +11,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from sslray.eval.evaluator import Evaluator
 from sslray.methods import MethodContext, SSLMethod, as_module, build_method, probe_encoder
 from sslray.methods.protocol import TrainBatch
 from sslray.models import Backbone
+from sslray.models.backbones import channels_last_hazard
 from sslray.training.optim import build_optimizer, set_impl
 from sslray.training.progress import EpochProgress
 
@@ -40,6 +41,19 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_channels_last_ok(cfg: RunConfig, device: torch.device) -> bool:
+    """Whether a CPU run may train channels_last (`train.channels_last`); False, with a warning
+    that names the convolution, where torch's oneDNN would abort (`channels_last_hazard`)."""
+    if device.type != "cpu":
+        return True
+    why = channels_last_hazard(cfg.backbone)
+    if why is None:
+        return True
+    warnings.warn(f"train.channels_last: this CPU run trains NCHW instead: {why}",
+                  RuntimeWarning, stacklevel=3)
+    return False
 
 
 def sync_bn(method: SSLMethod, device: torch.device) -> SSLMethod:
@@ -112,10 +126,14 @@ class Trainer:
         """`ctx`: what the method is built from besides its config (default: the run's
         backbone and data, no training-split facts)."""
         self.cfg, self.device, self.steps_per_epoch = cfg, torch.device(device), steps_per_epoch
+        self.channels_last = cfg.train.channels_last and cpu_channels_last_ok(cfg, self.device)
+        ctx = ctx or MethodContext.of(cfg)
+        if ctx.channels_last and not self.channels_last:  # Jigsaw++ lays its tiles out to match
+            ctx = replace(ctx, channels_last=False)
         torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-        self.method = sync_bn(build_method(cfg.method, ctx or MethodContext.of(cfg)), self.device)
+        self.method = sync_bn(build_method(cfg.method, ctx), self.device)
         self.module = as_module(self.method).to(self.device)  # the same object, torch's view
-        if cfg.train.channels_last:
+        if self.channels_last:
             self.module.to(memory_format=torch.channels_last)  # in place
         if cfg.train.compile:
             compile_backbones(self.method)
@@ -140,7 +158,7 @@ class Trainer:
             views = self.views(batch.images.to(self.device, non_blocking=True))
         else:
             views = tuple(v.to(self.device, non_blocking=True) for v in batch.views)
-        if self.cfg.train.channels_last:
+        if self.channels_last:
             views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
         step_batch = TrainBatch(views, batch.labels, batch.index)
         lr = lr_at(self.cfg, self.step, self.steps_per_epoch)

@@ -8,12 +8,14 @@ loader, the rest batched on the device) against the all-in-the-loader torchvisio
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from sslray.config import OptimConfig
+from sslray.training.loop import Trainer
 from sslray.training.optim import LARS, build_optimizer, set_impl
 from tests.conftest import tiny_config
 
@@ -228,3 +230,50 @@ def test_fit_on_an_image_folder_with_device_augmentation(tmp_path, monkeypatch):
     assert calls == [2] * 6  # 2 epochs x (30 images // 8) steps, two views each
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     assert 0.0 <= metrics["eval/knn_top1"] <= 1.0
+
+
+@pytest.mark.parametrize(("backbone", "conv"), [
+    ({"arch": "small_resnet", "width": 4, "blocks": [1, 1]}, "stages.1.0.downsample.0"),
+    ({"arch": "small_resnet", "width": 6, "blocks": [1, 1, 1]}, "stages.1.0.downsample.0"),
+    ({"arch": "small_resnet", "width": 8, "blocks": [1, 1]}, None),
+    ({"arch": "small_resnet", "width": 4, "blocks": [2]}, None),  # one stage: no downsample
+    ({"arch": "alexnet_small", "width": 4, "blocks": [1, 1, 3]}, None),  # no 1x1 convolutions
+    ({"arch": "resnet18"}, None),
+])
+def test_channels_last_hazard_names_the_narrow_strided_1x1_convolution(backbone, conv):
+    from sslray.config_types import BackboneConfig
+    from sslray.models.backbones import channels_last_hazard
+
+    why = channels_last_hazard(BackboneConfig(**backbone))
+    if conv is None:
+        assert why is None
+    else:
+        assert why is not None and conv in why and "channels_last" in why
+
+
+def test_a_width_4_resnet_trains_nchw_on_cpu_and_says_so():
+    """The run oneDNN aborted on an AVX2 machine (torch 2.14.1, 1 thread: heap corruption in
+    the downsample convolution's weight gradient): a small_resnet of width 4 in channels_last.
+    The trainer declines the layout with a warning and trains three steps; Jigsaw++ (which lays
+    its tiles out to match) follows it; a width-8 backbone keeps channels_last."""
+    from tests.training.test_resume import _three_step_losses
+
+    narrow = {"arch": "small_resnet", "width": 4, "blocks": [1, 1]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the setting that aborted
+    try:
+        for method in ({"name": "moco", "queue_size": 64, "dim": 16}, {"name": "jigsaw_pp"}):
+            cfg = tiny_config(backbone=narrow, method=method)
+            with pytest.warns(RuntimeWarning, match=r"NCHW instead.*stages\.1\.0\.downsample"):
+                losses, state = _three_step_losses(cfg)
+            assert all(math.isfinite(x) for x in losses)
+            with pytest.warns(RuntimeWarning):
+                trainer = Trainer(cfg, steps_per_epoch=1)
+            assert not trainer.channels_last
+            assert not getattr(trainer.method, "channels_last", False)
+            assert all(p.is_contiguous() for p in trainer.module.parameters())  # NCHW weights
+        wide = Trainer(tiny_config(), steps_per_epoch=1)  # width 8
+        assert wide.channels_last
+        assert any(p.ndim == 4 and not p.is_contiguous() for p in wide.module.parameters())
+    finally:
+        torch.set_num_threads(threads)
