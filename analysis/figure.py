@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.table import Table, init_groups, tile_label
+from analysis.table import Table, init_groups, pool_label, tile_label
 from analysis.values import fmt_value, lookup, norm_value
 from sslray.atomic_file import atomic_write
 
@@ -148,10 +148,10 @@ def _archs(trials: pd.DataFrame, x: str) -> dict[Any, str]:
     out = {}
     for _key, group in trials.groupby(trials[x].map(lambda v: repr(norm_value(v)))):
         archs = sorted({str(a) for a in group["backbone.arch"].dropna()})
-        if "method.probe" in group:  # a tile-probed trunk, as its random-init row names it
-            first = group.iloc[0]
-            tiles = tile_label(first["method.probe"], first.get("method.probe_grid"))
-            archs = [f"{a}, {tiles}" if tiles else a for a in archs]
+        first = group.iloc[0]  # a grid-pooled or tile-probed trunk, as its init row names it
+        extra = [pool_label(first.get("backbone.pool_grid")),
+                 tile_label(first.get("method.probe"), first.get("method.probe_grid"))]
+        archs = [", ".join([a, *(e for e in extra if e)]) for a in archs]
         key = norm_value(group[x].iloc[0])
         out[key] = ", ".join(archs)
     return out if len(set(out.values())) > 1 else {}

@@ -150,18 +150,27 @@ def tile_label(probe: object, probe_grid: object) -> str:
     return f"{grid}x{grid} tiles"
 
 
+def pool_label(pool_grid: object) -> str:
+    """"2x2 pooled" for a backbone whose last map is averaged over a grid of regions
+    (`backbone.pool_grid` > 1: g*g times the features of global pooling), "" otherwise."""
+    grid = _key_str(pool_grid)
+    return f"{grid}x{grid} pooled" if grid not in ("", "1") else ""
+
+
 def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
     """One random-init row per backbone, input size and probe: a sweep that trains different
-    architectures (the cc target is an AlexNet-style tower, the others ResNets), probes at
-    different image sizes, or reads a trunk differently (Jigsaw++ `method.probe: tiles`) must not
-    average their inits."""
-    keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks", "data.image_size",
-                        "method.probe", "method.probe_grid") if c in trials]
+    architectures (the cc target is an AlexNet-style tower, the others ResNets), pools them over
+    different grids (`backbone.pool_grid`), probes at different image sizes, or reads a trunk
+    differently (Jigsaw++ `method.probe: tiles`) must not average their inits."""
+    keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks",
+                        "backbone.pool_grid", "data.image_size", "method.probe",
+                        "method.probe_grid") if c in trials]
+    defaults = {"method.probe": {"image": ""}, "backbone.pool_grid": {"1": ""}}
     if not keys or len(trials) == 0:
         return [(label, trials)]
     groups = [(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)), g)
-              for k, g in trials.groupby([trials[c].map(_key_str).replace(
-                  {"image": ""} if c == "method.probe" else {}) for c in keys], sort=True)]
+              for k, g in trials.groupby([trials[c].map(_key_str).replace(defaults.get(c, {}))
+                                          for c in keys], sort=True)]
     if len(groups) == 1:
         return [(label, trials)]
 
@@ -176,6 +185,7 @@ def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFram
             parts.append(f"width {key['backbone.width']}")
         if varies("data.image_size") and key.get("data.image_size"):
             parts.append(f"{key['data.image_size']} px")
+        parts.append(pool_label(key.get("backbone.pool_grid")))
         parts.append(tile_label(key.get("method.probe"), key.get("method.probe_grid")))
         return f"{label} ({', '.join(p for p in parts if p)})"
 
