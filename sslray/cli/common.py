@@ -1,4 +1,8 @@
-"""Shared CLI pieces: the config arguments, and how bad input is reported (stderr, exit 2)."""
+"""Shared CLI pieces: the config arguments, and how bad input is reported (stderr, exit 2).
+
+The command modules import torch, Ray and the config models inside their `run`, never at the
+top: `sslray --help` and `sslray COMMAND --help` build the parser without them (0.2 s, not 7 s
+on a slow core: tests/cli/test_cli.py pins it)."""
 
 from __future__ import annotations
 
@@ -6,19 +10,24 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from sslray.config import ConfigError
-from sslray.data.datasets import DatasetError
-from sslray.training.checkpoint import CheckpointError
-
 EXIT_BAD_INPUT = 2
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileExistsError)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean bad input (exit 2 with the message), not a bug (a traceback)."""
+    from sslray.config import ConfigError
+    from sslray.data.datasets import DatasetError
+    from sslray.training.checkpoint import CheckpointError
+
+    return (ConfigError, DatasetError, CheckpointError, FileExistsError)
 
 
 def guarded(fn: Callable[[Any], int]) -> Callable[[Any], int]:
     def run(args: Any) -> int:
+        errors = user_errors()
         try:
             return fn(args)
-        except USER_ERRORS as exc:
+        except errors as exc:
             print(f"sslray: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
 

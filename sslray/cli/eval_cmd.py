@@ -7,12 +7,7 @@ import json
 import time
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from sslray.cli.common import guarded
-from sslray.config import ConfigError, apply_overrides, validate_raw
-from sslray.storage import location
-from sslray.training.checkpoint import CheckpointError
 
 
 def add_parser(sub: Any) -> None:
@@ -49,6 +44,12 @@ PROBE_KEYS = ("method.probe", "method.probe_grid")
 
 
 def run(args: argparse.Namespace) -> int:
+    import pyarrow.fs as pafs
+
+    from sslray.config import ConfigError, apply_overrides, validate_raw
+    from sslray.storage import location
+    from sslray.training.checkpoint import CheckpointError
+
     loc = cfg_loc = location(args.run_dir)
     runs = [i.base_name for i in loc.fs.get_file_info(pafs.FileSelector(loc.path))
             if i.base_name.startswith("train-")] if loc.exists() else []

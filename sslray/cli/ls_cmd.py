@@ -6,8 +6,6 @@ import argparse
 from typing import Any
 
 from sslray.cli.common import guarded
-from sslray.config import builtin_configs, read_yaml
-from sslray.methods import METHODS
 
 
 def add_parser(sub: Any) -> None:
@@ -22,6 +20,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sslray.config import builtin_configs, read_yaml
+    from sslray.methods import METHODS
+
     print("methods:")
     for name, cls in METHODS.items():
         doc = (cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__ or "").strip()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 
-from sslray.config import ConfigError
-
 # Ray settings sslray starts a local Ray with (a variable already set wins). The Train controller
 # polls each worker every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default 2 s); a worker's
 # report waits if the previous one is still unpolled, so 0.5 s keeps short epochs from waiting.
@@ -55,6 +53,8 @@ def check_fits_locally(address: str | None, cpus: float, gpus: float, what: str,
 
     if address is not None or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return
+    from sslray.config import ConfigError
+
     have_cpus, have_gpus = local_capacity()
     short = [f"{need:g} {name} (this machine has {have:g})"
              for name, need, have in (("CPUs", cpus, have_cpus), ("GPUs", gpus, have_gpus))

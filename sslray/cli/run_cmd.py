@@ -8,12 +8,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslray.cli.common import add_config_arguments, add_ray_arguments, guarded
 from sslray.cli.ray_setup import check_fits_locally, start_ray
 from sslray.cli.validate_cmd import describe
-from sslray.config import RunConfig, load_config
+
+if TYPE_CHECKING:
+    from sslray.config import RunConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -71,6 +73,8 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool
 
 
 def run(args: argparse.Namespace) -> int:
+    from sslray.config import load_config
+
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"resources.workers={args.workers}")

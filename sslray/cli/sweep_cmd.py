@@ -8,7 +8,6 @@ from typing import Any
 
 from sslray.cli.common import add_ray_arguments, guarded
 from sslray.cli.ray_setup import check_fits_locally, start_ray
-from sslray.sweep.spec import describe_sweep, expand, load_sweep, trial_needs
 
 
 def add_parser(sub: Any) -> None:
@@ -36,6 +35,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sslray.sweep.spec import describe_sweep, expand, load_sweep, trial_needs
+
     spec = load_sweep(args.sweep)
     trials = expand(spec, smoke=args.smoke)
     print(describe_sweep(spec, trials), flush=True)

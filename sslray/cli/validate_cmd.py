@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from sslray.cli.common import add_config_arguments, guarded
-from sslray.config import ConfigError, load_config, read_yaml
 
 
 def add_parser(sub: Any) -> None:
@@ -50,6 +49,7 @@ def describe(cfg: Any) -> str:
 
 def _sweep_file(spec: str) -> bool:
     """A sweep file (grid/variants/seeds/base at the top level), or a name from sweeps/."""
+    from sslray.config import read_yaml
     from sslray.sweep.spec import SWEEPS_DIR, is_sweep_file
 
     path = Path(spec)
@@ -59,6 +59,8 @@ def _sweep_file(spec: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sslray.config import ConfigError, load_config
+
     if _sweep_file(args.config):
         from sslray.sweep.spec import describe_sweep, expand, load_sweep
 
