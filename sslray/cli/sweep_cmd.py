@@ -18,7 +18,7 @@ def add_parser(sub: Any) -> None:
         "file in sweeps/), run them as Ray Tune trials (each a Ray Train job), then build the "
         "analysis table the sweep names into <storage>/<name>/tables/.",
         epilog="examples:\n"
-        "  sslray sweep quickstart       # sweeps/quickstart.yaml, under 15 min on 2 CPUs\n"
+        "  sslray sweep quickstart       # sweeps/quickstart.yaml: 10 trials on 2 CPUs\n"
         "  sslray sweep sweeps/moco_momentum.yaml --smoke   # every trial shrunk to seconds\n"
         "  sslray sweep sweeps/moco_momentum.yaml --address auto   # on a running Ray cluster\n"
         "  sslray sweep sweeps/moco_momentum.yaml --resume         # finish a killed sweep",
