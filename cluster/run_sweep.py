@@ -48,6 +48,10 @@ def find_project(explicit: str | None) -> Path:
 
 def import_cli(project: Path) -> Callable[[list[str] | None], int]:
     try:
+        # The CLI imports its dependencies when a command runs (a fast --help), so import what
+        # every sweep runs on here: the config models (torch, torchvision) and the table (pandas).
+        import analysis.cli  # noqa: F401
+        import sslray.config  # noqa: F401
         from sslray.cli.main import main
     except ImportError as exc:
         raise SystemExit(
