@@ -148,4 +148,3 @@ def channels_last_hazard(cfg: BackboneConfig) -> str | None:
                     "channels_last weight gradient corrupts the heap in torch 2.14.1 on AVX2 "
                     "CPUs (declined on every CPU, so a config trains in one layout everywhere)")
     return None
-
