@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.table import Table, init_groups, pool_label, tile_label
+from analysis.table import Table, init_groups, layer_label, pool_label, tile_label
 from analysis.values import fmt_value, lookup, norm_value
 from sslray.atomic_file import atomic_write
 
@@ -150,7 +150,8 @@ def _archs(trials: pd.DataFrame, x: str) -> dict[Any, str]:
         archs = sorted({str(a) for a in group["backbone.arch"].dropna()})
         first = group.iloc[0]  # a grid-pooled or tile-probed trunk, as its init row names it
         extra = [pool_label(first.get("backbone.pool_grid")),
-                 tile_label(first.get("method.probe"), first.get("method.probe_grid"))]
+                 tile_label(first.get("method.probe"), first.get("method.probe_grid")),
+                 layer_label(first.get("eval.layer"))]
         archs = [", ".join([a, *(e for e in extra if e)]) for a in archs]
         key = norm_value(group[x].iloc[0])
         out[key] = ", ".join(archs)

@@ -157,15 +157,24 @@ def pool_label(pool_grid: object) -> str:
     return f"{grid}x{grid} pooled" if grid not in ("", "1") else ""
 
 
+def layer_label(layer: object) -> str:
+    """"stage-2" for probes that read another layer than the trunk's output (`eval.layer`), ""
+    for "final" (the default)."""
+    name = _key_str(layer)
+    return "" if name in ("", "final") else name
+
+
 def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
     """One random-init row per backbone, input size and probe: a sweep that trains different
     architectures (the cc target is an AlexNet-style tower, the others ResNets), pools them over
     different grids (`backbone.pool_grid`), probes at different image sizes, or reads a trunk
-    differently (Jigsaw++ `method.probe: tiles`) must not average their inits."""
+    differently (Jigsaw++ `method.probe: tiles`, another `eval.layer`) must not average their
+    inits."""
     keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks",
                         "backbone.pool_grid", "data.image_size", "method.probe",
-                        "method.probe_grid") if c in trials]
-    defaults = {"method.probe": {"image": ""}, "backbone.pool_grid": {"1": ""}}
+                        "method.probe_grid", "eval.layer") if c in trials]
+    defaults = {"method.probe": {"image": ""}, "backbone.pool_grid": {"1": ""},
+                "eval.layer": {"final": ""}}
     if not keys or len(trials) == 0:
         return [(label, trials)]
     groups = [(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)), g)
@@ -187,6 +196,7 @@ def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFram
             parts.append(f"{key['data.image_size']} px")
         parts.append(pool_label(key.get("backbone.pool_grid")))
         parts.append(tile_label(key.get("method.probe"), key.get("method.probe_grid")))
+        parts.append(layer_label(key.get("eval.layer")))
         return f"{label} ({', '.join(p for p in parts if p)})"
 
     return [(name(key), g) for key, g in groups]

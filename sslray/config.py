@@ -221,6 +221,15 @@ class EvalConfig(StrictModel):
     # standard protocol, e.g. Fashion-MNIST's 60k; eval/knn_train_split_top1, next to
     # eval/knn_top1). The probes always fit on the pre-training images.
     knn_memory: Literal["pretrain", "train_split"] = "pretrain"
+    # Which layer of the trunk the frozen-feature probes read (kNN, the linear probes, transfer,
+    # and a cc source's clustering at method.layer "final"), pooled over space: "final" (the
+    # backbone's output), "stage-1", "stage-2", ... (a ResNet's last, penultimate, ... stage) or
+    # "conv1".."convN" (an AlexNet-style tower); a Jigsaw++ `method.probe: tiles` reads it on
+    # every tile. Zhang et al. 2016 and Noroozi et al. probe each conv layer, Goyal et al. 2019
+    # (Scaling and Benchmarking SSL) each ResNet stage: a pretext task's last layers are the
+    # most task-specific (Jigsaw: res4 above res5). The same layer is read at random init.
+    # Fine-tuning and detection always take the whole trunk.
+    layer: str = Field(default="final", min_length=1)
     every_n_epochs: int = Field(default=0, ge=0)  # kNN monitor every n epochs; 0: only at the end
     at_init: bool = True  # also evaluate the random-init backbone (the baseline every table needs)
     # Also the same probes on raw pixels (normalised as the network sees them; suffix _pixels):
@@ -295,6 +304,13 @@ class RunConfig(StrictModel):
                 raise FieldError(key, f"eval.finetune: {name!r} is read from image files; "
                                  f"fine-tuning runs on in-memory datasets (e.g. fashion_mnist, "
                                  f"digits, mnist, cifar10): set eval.finetune.dataset")
+        if self.eval.layer != "final":
+            from sslray.models.backbones import backbone_layers  # torch: only for a layer
+
+            layers = backbone_layers(self.backbone)
+            if self.eval.layer not in layers:
+                raise FieldError("eval.layer", f"{self.eval.layer!r} is not a layer of backbone "
+                                 f"{self.backbone.arch}; choose one of: {', '.join(layers)}")
         self.method.check_run(self)  # the method's own checks against the run around it
         return self
 

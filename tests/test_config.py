@@ -41,6 +41,34 @@ def test_unknown_method_lists_registered():
     ]
 
 
+def test_probe_layer_must_be_a_layer_of_the_backbone():
+    """eval.layer is checked against the backbone the run builds, naming its layers."""
+    with pytest.raises(ConfigError) as exc:
+        validate_raw(tiny_raw(eval={"layer": "stage-3"}))  # the tiny trunk has 2 stages
+    assert exc.value.problems == ["eval.layer: 'stage-3' is not a layer of backbone small_resnet; "
+                                  "choose one of: final, stage-1, stage-2"]
+    cfg = validate_raw(tiny_raw(backbone={"arch": "alexnet_small", "width": 8, "blocks": [1, 1, 3]},
+                                eval={"layer": "conv4"}))
+    assert cfg.eval.layer == "conv4"
+
+
+def test_a_probe_layer_taps_any_methods_trunk():
+    """probe_encoder(method, layer) reads that layer of the trunk (MoCo's query encoder here),
+    pooled; "final" is the trunk itself."""
+    import torch
+
+    from sslray.methods import probe_encoder
+    from sslray.models.taps import LayerFeatures
+    from tests.conftest import build
+
+    method = build(validate_raw(tiny_raw()))
+    assert probe_encoder(method) is method.feature_encoder()
+    tap = probe_encoder(method, "stage-2")
+    assert isinstance(tap, LayerFeatures) and tap.backbone is method.feature_encoder()
+    with torch.no_grad():
+        assert tap(torch.randn(2, 3, 16, 16)).shape == (2, 8)  # the first stage, width 8
+
+
 def test_queue_must_hold_whole_batches():
     with pytest.raises(ConfigError, match="queue_size"):
         validate_raw(tiny_raw(method={"name": "moco", "queue_size": 70}))

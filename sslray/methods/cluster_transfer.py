@@ -53,7 +53,7 @@ class ClusterTransferConfig(MethodConfigBase):
     k: int = Field(default=100, ge=2)
     # Which source layer is clustered: UNVERIFIED in the paper (a port uses VGG16 conv4; VISSL
     # ClusterFit res5, i.e. the final stage); "final" is what the source's own probes read (its
-    # pooled output; a Jigsaw++ source with method.probe: tiles, its tile grid).
+    # eval.layer, pooled; a Jigsaw++ source with method.probe: tiles, on its tile grid).
     layer: str = "final"
     kmeans_iters: int = Field(default=50, ge=1)  # VISSL ClusterFit: NUM_ITER 50
     # PCA-whitening before k-means (DeepCluster: 256 for 4096-d AlexNet fc features). None:

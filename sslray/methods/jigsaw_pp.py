@@ -29,6 +29,7 @@ from sslray.methods.protocol import (
     StepOutput,
     TrainBatch,
     feature_std,
+    tapped,
 )
 from sslray.models import build_backbone
 
@@ -134,7 +135,12 @@ class TileProbe(nn.Module):
             span = crop_size - tile_size
             starts = [round(i * span / (per_side - 1)) for i in range(per_side)]
         self.starts = starts
-        self.out_dim = len(starts) ** 2 * int(getattr(backbone, "out_dim", 0))
+
+    @property
+    def out_dim(self) -> int | None:
+        """Tiles x the trunk's width (None until a tapped layer's first forward)."""
+        width = getattr(self.backbone, "out_dim", None)
+        return len(self.starts) ** 2 * int(width) if width else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_crop_size(x.float(), self.crop_size)
@@ -189,12 +195,14 @@ class JigsawPP(nn.Module):
     def feature_encoder(self) -> nn.Module:
         return self.backbone
 
-    def probe_encoder(self) -> nn.Module:
-        """What kNN / linear / transfer read (`method.probe`): the trunk, or its tile grid."""
+    def probe_encoder(self, layer: str = "final") -> nn.Module:
+        """What kNN / linear / transfer read (`method.probe`): the trunk, or its tile grid;
+        `layer` (`eval.layer`): that layer of the trunk, on the image or on every tile."""
         cfg = self.cfg
+        trunk = tapped(self.backbone, layer)
         if cfg.probe == "image":
-            return self.backbone
-        return TileProbe(self.backbone, cfg.crop_size, cfg.tile_size, cfg.grid,
+            return trunk
+        return TileProbe(trunk, cfg.crop_size, cfg.tile_size, cfg.grid,
                          cfg.probe_grid or cfg.grid)
 
     def artifacts(self) -> Mapping[str, np.ndarray]:

@@ -92,9 +92,9 @@ class StepOutput:
 class SSLMethod(Protocol):
     """A method's module (an `nn.Module`; `as_module` gives that view of it).
 
-    Optional: `probe_encoder() -> nn.Module`, what the frozen-feature probes read when it is not
-    the trunk itself (Jigsaw++'s tile grid); `probe_encoder(method)` falls back to
-    `feature_encoder()`."""
+    Optional: `probe_encoder(layer) -> nn.Module`, what the frozen-feature probes read when it is
+    not the trunk itself (Jigsaw++'s tile grid), reading the trunk's `layer` (`eval.layer`);
+    `probe_encoder(method, layer)` falls back to `feature_encoder()`, tapped at `layer`."""
 
     wants_sync_bn: bool  # convert BatchNorm to SyncBatchNorm (GPU workers only)
 
@@ -132,13 +132,25 @@ def as_module(method: SSLMethod) -> nn.Module:
     return method
 
 
-def probe_encoder(method: SSLMethod) -> nn.Module:
+def probe_encoder(method: SSLMethod, layer: str = "final") -> nn.Module:
     """The module the frozen-feature probes read (kNN, linear, transfer, CC's clustering at
-    layer "final"): a method's optional `probe_encoder()` (Jigsaw++'s tile grid, `method.probe:
-    tiles`), else its `feature_encoder()`. Fine-tuning and detection always take
+    layer "final"): a method's optional `probe_encoder(layer)` (Jigsaw++'s tile grid,
+    `method.probe: tiles`), else its `feature_encoder()`; `layer` (`eval.layer`): that layer of
+    the trunk, pooled over space (`sslray.models.taps`). Fine-tuning and detection always take
     `feature_encoder()`: they need the backbone itself."""
     hook = getattr(method, "probe_encoder", None)
-    return hook() if callable(hook) else method.feature_encoder()
+    if callable(hook):
+        return hook(layer)
+    return tapped(method.feature_encoder(), layer)
+
+
+def tapped(trunk: nn.Module, layer: str) -> nn.Module:
+    """`trunk` itself for layer "final", else a view reading that layer of it (no copy)."""
+    if layer == "final":
+        return trunk
+    from sslray.models.taps import LayerFeatures
+
+    return LayerFeatures(trunk, layer)
 
 
 def feature_std(z: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,15 @@ def build_backbone(
     return TorchvisionResNet(cfg.arch, cfg.small_stem, norm_layer)
 
 
+def backbone_layers(cfg: BackboneConfig) -> list[str]:
+    """The layer names this backbone offers the probes (`eval.layer`; `sslray.models.taps`),
+    "final" first; built on the meta device (no memory, no initialisation cost)."""
+    from sslray.models.taps import available_layers
+
+    with torch.device("meta"):
+        return available_layers(build_backbone(cfg))
+
+
 def channels_last_hazard(cfg: BackboneConfig) -> str | None:
     """Why this backbone must not train channels_last on a CPU, or None when it may.
 

@@ -36,12 +36,12 @@ def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | Non
     if cfg.eval.pixels:  # the same probes on raw pixels (as the network sees them)
         out.update(evaluator.pixels())
     if at_init:
-        out.update(evaluator(probe_encoder(method), suffix="_init"))
-        out.update(evaluator.transfer(probe_encoder(method), suffix="_init"))
+        out.update(evaluator(probe_encoder(method, cfg.eval.layer), suffix="_init"))
+        out.update(evaluator.transfer(probe_encoder(method, cfg.eval.layer), suffix="_init"))
         out.update(evaluator.finetune(method.feature_encoder(), suffix="_init"))
         out.update(evaluator.detection(method.feature_encoder(), suffix="_init"))
     module.load_state_dict(state["model"])
-    encoder, probe = method.feature_encoder(), probe_encoder(method)
+    encoder, probe = method.feature_encoder(), probe_encoder(method, cfg.eval.layer)
     out.update(evaluator(probe))
     out.update(evaluator.transfer(probe))
     if cfg.eval.linear_paper_epochs:

@@ -317,6 +317,12 @@ def test_init_rows_split_by_image_size_and_width(df, meta):
     assert [r.label for r in rows] == ["random init (small_resnet)",
                                        "random init (small_resnet, 2x2 pooled)"]
     assert [r.cells[0].mean for r in rows] == [pytest.approx(55.0), pytest.approx(51.0)]
+    mixed["backbone.pool_grid"] = 1
+    mixed["eval.layer"] = ["stage-2" if s == 0 else "final" for s in mixed["seed"]]
+    rows = [r for r in build_table(mixed, small_spec(), meta).rows if r.is_init]
+    assert [r.label for r in rows] == ["random init (small_resnet)",
+                                       "random init (small_resnet, stage-2)"]
+    assert [r.cells[0].mean for r in rows] == [pytest.approx(55.0), pytest.approx(51.0)]
 
 
 def test_retried_trial_that_finished_is_finished(tmp_path):
@@ -579,6 +585,9 @@ def test_method_figure_draws_the_pixel_line_and_names_each_backbone(tmp_path, mo
                                                      for lab in trials["label"]]})
     assert _archs(pooled, "label") == {norm_value("moco_v2"): "small_resnet",
                                        norm_value("cc_jigsaw_pp"): "alexnet_small, 2x2 pooled"}
+    layer = trials.assign(**{"eval.layer": ["stage-2" if lab == "moco_v2" else "final"
+                                            for lab in trials["label"]]})
+    assert _archs(layer, "label")[norm_value("moco_v2")] == "small_resnet, stage-2"
     lines: list[tuple[float, str]] = []
     real = matplotlib.axes.Axes.axhline
 

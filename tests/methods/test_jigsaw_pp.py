@@ -357,3 +357,19 @@ def test_a_run_with_the_tile_probe_reports_the_tile_grid_features(tmp_path):
     again = json.loads((tmp_path / "run" / "eval.json").read_text().splitlines()[-1])
     assert again["eval/knn_top1"] == pytest.approx(image, abs=1e-6)
     assert again["set"] == ["method.probe=image", "method.probe_grid=null"]  # grid: tiles only
+    # `sslray eval --set eval.layer=stage-2`: every tile read one stage earlier (the first of
+    # the tiny trunk's two, width 8: 4 tiles x 8), at random init too
+    from sslray.methods.jigsaw_pp import TileProbe
+    from sslray.models.taps import LayerFeatures
+
+    probe = probe_encoder(method, "stage-2")
+    assert isinstance(probe, TileProbe) and isinstance(probe.backbone, LayerFeatures)
+    assert probe.backbone.backbone is method.backbone
+    early = ev(probe)["eval/knn_top1"]
+    with torch.no_grad():  # (eval mode: the BN statistics stay the trained ones)
+        assert probe.eval()(torch.randn(2, 3, 16, 16)).shape == (2, 4 * 8)
+    assert probe.out_dim == 32
+    assert main(["eval", str(tmp_path / "run"), "--set", "eval.layer=stage-2", "--init"]) == 0
+    again = json.loads((tmp_path / "run" / "eval.json").read_text().splitlines()[-1])
+    assert again["eval/knn_top1"] == pytest.approx(early, abs=1e-6)
+    assert again["eval/knn_top1_init"] != pytest.approx(metrics["eval/knn_top1_init"], abs=1e-6)
