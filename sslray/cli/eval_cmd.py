@@ -26,7 +26,9 @@ def add_parser(sub: Any) -> None:
         "  sslray eval runs/fmnist_moco_v2 --set eval.finetune.epochs=5 --init\n"
         "  sslray eval runs/fmnist_moco_v2 --set eval.detection.n_train=1000 "
         "--set eval.detection.epochs=3\n"
-        "  sslray eval runs/fmnist_jigsaw_pp --set method.probe=image --init",
+        "  sslray eval runs/fmnist_jigsaw_pp --set method.probe=image --init\n"
+        "  sslray eval runs/fmnist_jigsaw_pp --set eval.layer=stage-2 --init   "
+        "# the probes read an earlier layer",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run directory (sslray run --output, or a sweep trial's "
