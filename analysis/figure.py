@@ -36,6 +36,17 @@ def _series_points(trials: pd.DataFrame, x: str, y: str, scale: float) -> list[t
     return sorted(points, key=lambda p: norm_value(p[0]))
 
 
+def _wrap(text: str, width: int = 18) -> str:
+    """A tick's backbone description broken after commas into lines of about `width`."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        if lines and len(lines[-1]) + len(part) + 2 <= width:
+            lines[-1] += f", {part}"
+        else:
+            lines.append(part)
+    return ",\n".join(lines)
+
+
 def save_figure(table: Table, directory: str | Path) -> list[Path]:
     """Draw the spec's figure into `directory/<spec>.png` and `.svg`; [] when the spec has none.
 
@@ -53,7 +64,9 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
     spec = table.spec
     trials = table.trials
     metric = spec.metric_spec(fig_spec.y)
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    categories = trials[fig_spec.x].nunique() if fig_spec.x in trials.columns else 0
+    width = max(5.0, 1.4 * categories) if fig_spec.xcategorical else 5.0  # room for the ticks
+    fig, ax = plt.subplots(figsize=(width, 3.8))
     if fig_spec.x in trials.columns and fig_spec.y in trials.columns:
         if fig_spec.series and fig_spec.series in trials.columns:
             keys = {repr(norm_value(v)): v for v in trials[fig_spec.series].dropna()}
@@ -88,19 +101,22 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
             arch = _archs(trials, fig_spec.x)
             ax.set_xticks(range(len(all_x)))
             ax.set_xticklabels([(lookup(names, k[1]) or fmt_value(k[1]))
-                                + (f"\n[{arch[k]}]" if k in arch else "") for k in all_x],
-                               rotation=20 if len(all_x) > 4 else 0, fontsize=8)
+                                + (f"\n[{_wrap(arch[k])}]" if k in arch else "") for k in all_x],
+                               fontsize=8)
         init_col = f"{fig_spec.y}_init"
         if spec.init_row and init_col in trials.columns:
-            styles = iter(["--", ":", "-.", (0, (5, 1))])
-            for label, group in init_groups(trials, spec.init_row):  # one level per backbone
+            # one level per backbone, each its own dash and shade (raw pixels: black "--")
+            styles = iter(zip([":", "-.", (0, (5, 2, 1, 2, 1, 2)), (0, (1, 1)), (0, (8, 3))],
+                              ["tab:gray", "tab:brown", "tab:olive", "tab:purple", "tab:cyan"],
+                              strict=True))
+            for label, group in init_groups(trials, spec.init_row):
                 frame = pd.DataFrame({"seed": group["seed"].astype(str),
                                       "v": pd.to_numeric(group[init_col], errors="coerce")})
                 frame = frame.dropna()
                 if not frame.empty:
                     level = float(frame.groupby("seed")["v"].mean().mean()) * metric.scale
-                    ax.axhline(level, color="gray", linestyle=next(styles, "--"), linewidth=1,
-                               label=label)
+                    dash, color = next(styles, (":", "gray"))
+                    ax.axhline(level, color=color, linestyle=dash, linewidth=1, label=label)
         pixels_col = f"{fig_spec.y}_pixels"
         if spec.pixels_row and pixels_col in trials.columns:
             frame = pd.DataFrame({"seed": trials["seed"].astype(str),
@@ -124,7 +140,7 @@ def save_figure(table: Table, directory: str | Path) -> list[Path]:
     ax.set_title(spec.title, fontsize=10)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=8, title=fig_spec.series if fig_spec.series else None)
+        ax.legend(fontsize=7, title=fig_spec.series if fig_spec.series else None)
     fig.tight_layout()
 
     out = Path(directory)
