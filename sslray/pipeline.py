@@ -157,7 +157,7 @@ def cluster_stage(cfg: RunConfig, src: RunConfig, src_uri: str) -> Clusters:
     from sslray.eval.features import extract_features, extract_folder_features
     from sslray.eval.kmeans import kmeans, nmi, purity
     from sslray.methods import MethodContext, as_module, build_method, probe_encoder
-    from sslray.models.taps import LayerFeatures
+    from sslray.methods.protocol import tapped
 
     m = _cc(cfg)
     start = time.perf_counter()
@@ -169,7 +169,7 @@ def cluster_stage(cfg: RunConfig, src: RunConfig, src_uri: str) -> Clusters:
     # "final": the features the source's own probes read (its eval.layer; Jigsaw++ `method.probe:
     # tiles`: on its tile grid); another layer: that layer of the trunk, pooled
     encoder = (probe_encoder(method, src.eval.layer) if m.layer == "final"
-               else LayerFeatures(method.feature_encoder(), m.layer)).to(device)
+               else tapped(method.feature_encoder(), m.layer)).to(device)
     # The TARGET's training split; pseudo-label i belongs to sample i, the index the training
     # stream hands the target (ArrayStream rows, FileStream's ImageFolder sample index).
     spec, bs = image_spec(cfg.data), cfg.eval.batch_size

@@ -141,3 +141,10 @@ def test_the_cluster_stage_clusters_what_the_sources_probes_read(
     assert image.shape[1] != features.shape[1]
     np.testing.assert_allclose(features, tiles, atol=1e-5)
     assert clusters.labels.shape == (128,) and clusters.stats["layer"] == "final"
+    # a source whose probes read stage-2 (`eval.layer`): k-means gets the stage-2 tile grid
+    early_cfg = src_cfg.model_copy(update={"eval": src_cfg.eval.model_copy(
+        update={"layer": "stage-2"})})
+    cluster_stage(cfg, early_cfg, location(tmp_path / "src").uri)
+    early = extract_features(probe_encoder(method, "stage-2"), data, image_spec(cfg.data)).numpy()
+    assert seen[1].shape == early.shape != tiles.shape
+    np.testing.assert_allclose(seen[1], early, atol=1e-5)

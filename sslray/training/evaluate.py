@@ -35,13 +35,14 @@ def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | Non
     out: dict[str, float] = {}
     if cfg.eval.pixels:  # the same probes on raw pixels (as the network sees them)
         out.update(evaluator.pixels())
-    if at_init:
-        out.update(evaluator(probe_encoder(method, cfg.eval.layer), suffix="_init"))
-        out.update(evaluator.transfer(probe_encoder(method, cfg.eval.layer), suffix="_init"))
-        out.update(evaluator.finetune(method.feature_encoder(), suffix="_init"))
-        out.update(evaluator.detection(method.feature_encoder(), suffix="_init"))
-    module.load_state_dict(state["model"])
+    # views of the trunk (no copies): the same modules read the init and, once loaded, the run
     encoder, probe = method.feature_encoder(), probe_encoder(method, cfg.eval.layer)
+    if at_init:
+        out.update(evaluator(probe, suffix="_init"))
+        out.update(evaluator.transfer(probe, suffix="_init"))
+        out.update(evaluator.finetune(encoder, suffix="_init"))
+        out.update(evaluator.detection(encoder, suffix="_init"))
+    module.load_state_dict(state["model"])
     out.update(evaluator(probe))
     out.update(evaluator.transfer(probe))
     if cfg.eval.linear_paper_epochs:
