@@ -167,7 +167,7 @@ def _archs(trials: pd.DataFrame, x: str) -> dict[Any, str]:
         first = group.iloc[0]  # a grid-pooled or tile-probed trunk, as its init row names it
         extra = [pool_label(first.get("backbone.pool_grid")),
                  tile_label(first.get("method.probe"), first.get("method.probe_grid")),
-                 layer_label(first.get("eval.layer"))]
+                 layer_label(first.get("eval.layer"), first.get("eval.pool_grid"))]
         archs = [", ".join([a, *(e for e in extra if e)]) for a in archs]
         key = norm_value(group[x].iloc[0])
         out[key] = ", ".join(archs)

@@ -157,11 +157,13 @@ def pool_label(pool_grid: object) -> str:
     return f"{grid}x{grid} pooled" if grid not in ("", "1") else ""
 
 
-def layer_label(layer: object) -> str:
-    """"stage-2" for probes that read another layer than the trunk's output (`eval.layer`), ""
-    for "final" (the default)."""
-    name = _key_str(layer)
-    return "" if name in ("", "final") else name
+def layer_label(layer: object, grid: object = None) -> str:
+    """"stage-2" for probes that read another layer than the trunk's output (`eval.layer`),
+    "probed 4x4" (or "stage-2 probed 2x2") for probes that pool the map over a grid
+    (`eval.pool_grid`), "" for "final" as trained (the default)."""
+    name, g = _key_str(layer), _key_str(grid)
+    parts = ([] if name in ("", "final") else [name]) + ([f"probed {g}x{g}"] if g else [])
+    return " ".join(parts)
 
 
 def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFrame]]:
@@ -172,7 +174,7 @@ def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFram
     inits."""
     keys = [c for c in ("backbone.arch", "backbone.width", "backbone.blocks",
                         "backbone.pool_grid", "data.image_size", "method.probe",
-                        "method.probe_grid", "eval.layer") if c in trials]
+                        "method.probe_grid", "eval.layer", "eval.pool_grid") if c in trials]
     defaults = {"method.probe": {"image": ""}, "backbone.pool_grid": {"1": ""},
                 "eval.layer": {"final": ""}}
     if not keys or len(trials) == 0:
@@ -196,7 +198,7 @@ def init_groups(trials: pd.DataFrame, label: str) -> list[tuple[str, pd.DataFram
             parts.append(f"{key['data.image_size']} px")
         parts.append(pool_label(key.get("backbone.pool_grid")))
         parts.append(tile_label(key.get("method.probe"), key.get("method.probe_grid")))
-        parts.append(layer_label(key.get("eval.layer")))
+        parts.append(layer_label(key.get("eval.layer"), key.get("eval.pool_grid")))
         return f"{label} ({', '.join(p for p in parts if p)})"
 
     return [(name(key), g) for key, g in groups]

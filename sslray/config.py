@@ -230,6 +230,13 @@ class EvalConfig(StrictModel):
     # most task-specific (Jigsaw: res4 above res5). The same layer is read at random init.
     # Fine-tuning and detection always take the whole trunk.
     layer: str = Field(default="final", min_length=1)
+    # How the probes pool that layer's map: None, as trained ("final": the backbone's own
+    # pooling, backbone.pool_grid; another layer: the global average); g: averaged over a g x g
+    # grid of regions, C * g**2 features ("final" then reads the last map before the backbone's
+    # pooling). Goyal et al. 2019 pool each stage's map to about 9k features (res5 over 2x2:
+    # 8192-d) rather than to one vector; on these aligned 28 px garments where a part sits is
+    # half the class (MEASUREMENTS.md#the-43-minute-runs). The random init is read alike.
+    pool_grid: int | None = Field(default=None, ge=1, le=8)
     every_n_epochs: int = Field(default=0, ge=0)  # kNN monitor every n epochs; 0: only at the end
     at_init: bool = True  # also evaluate the random-init backbone (the baseline every table needs)
     # Also the same probes on raw pixels (normalised as the network sees them; suffix _pixels):
@@ -311,6 +318,13 @@ class RunConfig(StrictModel):
             if self.eval.layer not in layers:
                 raise FieldError("eval.layer", f"{self.eval.layer!r} is not a layer of backbone "
                                  f"{self.backbone.arch}; choose one of: {', '.join(layers)}")
+        elif self.eval.pool_grid is not None:
+            from sslray.models.backbones import has_last_map  # torch: only for a grid
+
+            if not has_last_map(self.backbone):
+                raise FieldError("eval.pool_grid", f"backbone {self.backbone.arch} has no last "
+                                 f"map to pool at layer final; name a layer (eval.layer) or "
+                                 f"drop eval.pool_grid")
         self.method.check_run(self)  # the method's own checks against the run around it
         return self
 

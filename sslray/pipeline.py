@@ -166,9 +166,10 @@ def cluster_stage(cfg: RunConfig, src: RunConfig, src_uri: str) -> Clusters:
     ctx = MethodContext.of(src, num_samples=train_split_size(src.data), for_training=False)
     method = build_method(src.method, ctx)
     as_module(method).load_state_dict(state["model"])
-    # "final": the features the source's own probes read (its eval.layer; Jigsaw++ `method.probe:
-    # tiles`: on its tile grid); another layer: that layer of the trunk, pooled
-    encoder = (probe_encoder(method, src.eval.layer) if m.layer == "final"
+    # "final": the features the source's own probes read (its eval.layer and eval.pool_grid;
+    # Jigsaw++ `method.probe: tiles`: on its tile grid); another layer: that layer of the trunk,
+    # pooled
+    encoder = (probe_encoder(method, src.eval.layer, src.eval.pool_grid) if m.layer == "final"
                else tapped(method.feature_encoder(), m.layer)).to(device)
     # The TARGET's training split; pseudo-label i belongs to sample i, the index the training
     # stream hands the target (ArrayStream rows, FileStream's ImageFolder sample index).

@@ -69,6 +69,37 @@ def test_a_probe_layer_taps_any_methods_trunk():
         assert tap(torch.randn(2, 3, 16, 16)).shape == (2, 8)  # the first stage, width 8
 
 
+def test_a_probe_pools_the_last_map_over_a_grid():
+    """eval.pool_grid g: the probes read the last map averaged over g x g regions, exactly what a
+    trunk built with backbone.pool_grid g outputs (same weights), and the random init alike;
+    layers other than "final" are pooled over the grid too; a tower with no map is refused."""
+    import torch
+
+    from sslray.methods import probe_encoder
+    from sslray.models.backbones import build_backbone
+    from sslray.models.taps import LayerFeatures
+    from tests.conftest import build
+
+    cfg = validate_raw(tiny_raw(eval={"pool_grid": 2}))
+    method = build(cfg)
+    probe = probe_encoder(method, "final", cfg.eval.pool_grid)
+    assert isinstance(probe, LayerFeatures) and probe.backbone is method.feature_encoder()
+    gridded = build_backbone(validate_raw(tiny_raw(backbone={"pool_grid": 2})).backbone)
+    gridded.load_state_dict(method.feature_encoder().state_dict())
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        method.feature_encoder().eval(), gridded.eval()
+        assert torch.allclose(probe(x), gridded(x))  # 16 channels x 2 x 2
+        assert probe(x).shape == (3, 64) and probe.out_dim == 64
+        early = probe_encoder(method, "stage-2", 3)(x)  # the first stage (8 ch, 16 px), 3 x 3
+    assert early.shape == (3, 72)
+    stem = method.feature_encoder().stem(x)
+    first = method.feature_encoder().stages[0](stem)
+    assert torch.allclose(early, torch.nn.functional.adaptive_avg_pool2d(first, 3).flatten(1))
+    with pytest.raises(ConfigError, match="eval.pool_grid"):
+        validate_raw(tiny_raw(eval={"pool_grid": 0}))
+
+
 def test_queue_must_hold_whole_batches():
     with pytest.raises(ConfigError, match="queue_size"):
         validate_raw(tiny_raw(method={"name": "moco", "queue_size": 70}))

@@ -195,11 +195,12 @@ class JigsawPP(nn.Module):
     def feature_encoder(self) -> nn.Module:
         return self.backbone
 
-    def probe_encoder(self, layer: str = "final") -> nn.Module:
+    def probe_encoder(self, layer: str = "final", grid: int | None = None) -> nn.Module:
         """What kNN / linear / transfer read (`method.probe`): the trunk, or its tile grid;
-        `layer` (`eval.layer`): that layer of the trunk, on the image or on every tile."""
+        `layer` (`eval.layer`) pooled over `grid` (`eval.pool_grid`): that layer of the trunk,
+        on the image or on every tile."""
         cfg = self.cfg
-        trunk = tapped(self.backbone, layer)
+        trunk = tapped(self.backbone, layer, grid)
         if cfg.probe == "image":
             return trunk
         return TileProbe(trunk, cfg.crop_size, cfg.tile_size, cfg.grid,

@@ -92,9 +92,10 @@ class StepOutput:
 class SSLMethod(Protocol):
     """A method's module (an `nn.Module`; `as_module` gives that view of it).
 
-    Optional: `probe_encoder(layer) -> nn.Module`, what the frozen-feature probes read when it is
-    not the trunk itself (Jigsaw++'s tile grid), reading the trunk's `layer` (`eval.layer`);
-    `probe_encoder(method, layer)` falls back to `feature_encoder()`, tapped at `layer`."""
+    Optional: `probe_encoder(layer, grid) -> nn.Module`, what the frozen-feature probes read when
+    it is not the trunk itself (Jigsaw++'s tile grid), reading the trunk's `layer` (`eval.layer`)
+    pooled over a `grid` (`eval.pool_grid`); `probe_encoder(method, layer, grid)` falls back to
+    `feature_encoder()`, tapped there."""
 
     wants_sync_bn: bool  # convert BatchNorm to SyncBatchNorm (GPU workers only)
 
@@ -132,25 +133,27 @@ def as_module(method: SSLMethod) -> nn.Module:
     return method
 
 
-def probe_encoder(method: SSLMethod, layer: str = "final") -> nn.Module:
+def probe_encoder(method: SSLMethod, layer: str = "final", grid: int | None = None) -> nn.Module:
     """The module the frozen-feature probes read (kNN, linear, transfer, CC's clustering at
     layer "final"): a method's optional `probe_encoder(layer)` (Jigsaw++'s tile grid,
     `method.probe: tiles`), else its `feature_encoder()`; `layer` (`eval.layer`): that layer of
-    the trunk, pooled over space (`sslray.models.taps`). Fine-tuning and detection always take
-    `feature_encoder()`: they need the backbone itself."""
+    the trunk, pooled over space, or over a `grid` x `grid` grid of regions (`eval.pool_grid`;
+    `sslray.models.taps`). Fine-tuning and detection always take `feature_encoder()`: they need
+    the backbone itself."""
     hook = getattr(method, "probe_encoder", None)
     if callable(hook):
-        return hook(layer)
-    return tapped(method.feature_encoder(), layer)
+        return hook(layer, grid)
+    return tapped(method.feature_encoder(), layer, grid)
 
 
-def tapped(trunk: nn.Module, layer: str) -> nn.Module:
-    """`trunk` itself for layer "final", else a view reading that layer of it (no copy)."""
-    if layer == "final":
+def tapped(trunk: nn.Module, layer: str, grid: int | None = None) -> nn.Module:
+    """`trunk` itself for layer "final" pooled as trained (`grid` None), else a view reading
+    that layer of it, pooled over a `grid` x `grid` grid or over all of space (no copy)."""
+    if layer == "final" and grid is None:
         return trunk
     from sslray.models.taps import LayerFeatures
 
-    return LayerFeatures(trunk, layer)
+    return LayerFeatures(trunk, layer, grid)
 
 
 def feature_std(z: torch.Tensor) -> torch.Tensor:

@@ -136,6 +136,15 @@ def backbone_layers(cfg: BackboneConfig) -> list[str]:
         return available_layers(build_backbone(cfg))
 
 
+def has_last_map(cfg: BackboneConfig) -> bool:
+    """Whether the probes can pool this backbone's last map over a grid at layer "final"
+    (`eval.pool_grid`; `sslray.models.taps.last_map`); built on the meta device."""
+    from sslray.models.taps import last_map
+
+    with torch.device("meta"):
+        return last_map(build_backbone(cfg)) is not None
+
+
 def channels_last_hazard(cfg: BackboneConfig) -> str | None:
     """Why this backbone must not train channels_last on a CPU, or None when it may.
 

@@ -69,6 +69,7 @@ class Variant(StrictModel):
     base: str | dict[str, Any] | None = None  # None: the sweep's base
     set: dict[str, Any] = {}  # dotted key -> value, applied after the sweep's `set`
     grid: Grid | None = None  # this variant's own grid (replaces the sweep's `grid`)
+    seeds: list[int] | None = Field(default=None, min_length=1)  # replaces the sweep's `seeds`
 
 
 class SweepSpec(StrictModel):
@@ -102,6 +103,12 @@ class SweepSpec(StrictModel):
                              "use it)")
         grids = [("grid", self.grid)] + [(f"variants.{k}.grid", v.grid)
                                         for k, v in self.variants.items() if v.grid is not None]
+        sets = [("set", self.set)] + [(f"variants.{k}.set", v.set)
+                                      for k, v in self.variants.items()]
+        for where, keys in [*grids, *sets]:
+            if any("seed" in key.split(",") for key in keys):
+                raise FieldError(f"{where}.seed", "a trial's seed comes from `seeds:` (the "
+                                 "sweep's, or a variant's own `seeds: [0, 1]`)")
         for where, grid in grids:
             for key, values in grid.items():
                 if not values:
@@ -197,7 +204,7 @@ def expand(spec: SweepSpec, smoke: bool = False) -> list[Trial]:
             problems.extend(f"{key}: {p}" for p in exc.problems)
             continue
         for grid in grid_points(variant.grid if variant.grid is not None else spec.grid):
-            for seed in spec.seeds:
+            for seed in variant.seeds or spec.seeds:
                 where = f"trial {label} seed={seed}" + "".join(f" {k}={v}" for k, v in grid.items())
                 try:
                     trial_raw = apply_overrides(raw, [])
@@ -308,7 +315,7 @@ def describe_sweep(spec: SweepSpec, trials: list[Trial]) -> str:
     lines = [
         f"sweep:     {spec.name} -> table {spec.table or '(none)'}",
         f"trials:    {len(trials)} = {len(labels)} variant(s), {points} grid point(s), "
-        f"{len(spec.seeds)} seed(s)",
+        f"{len({t.seed for t in trials})} seed(s)",
         f"variants:  {', '.join(labels)}",
         *[f"grid:      {k} in {_values(v)}" for k, v in spec.grid.items()],
         *[f"grid:      ({name}) {k} in {_values(v)}" for name, var in spec.variants.items()

@@ -36,7 +36,8 @@ def evaluate_run(cfg: RunConfig, run: Location, device: torch.device | str | Non
     if cfg.eval.pixels:  # the same probes on raw pixels (as the network sees them)
         out.update(evaluator.pixels())
     # views of the trunk (no copies): the same modules read the init and, once loaded, the run
-    encoder, probe = method.feature_encoder(), probe_encoder(method, cfg.eval.layer)
+    encoder = method.feature_encoder()
+    probe = probe_encoder(method, cfg.eval.layer, cfg.eval.pool_grid)
     if at_init:
         out.update(evaluator(probe, suffix="_init"))
         out.update(evaluator.transfer(probe, suffix="_init"))

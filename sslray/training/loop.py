@@ -242,7 +242,7 @@ def fit(
     if cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
         # The random-init baseline of the same backbone, kept in the checkpoint for resumes.
         encoder = trainer.method.feature_encoder()
-        probe = probe_encoder(trainer.method, cfg.eval.layer)
+        probe = probe_encoder(trainer.method, cfg.eval.layer, cfg.eval.pool_grid)
         trainer.extra.update(evaluator(probe, suffix="_init"))
         trainer.extra.update(evaluator.transfer(probe, suffix="_init"))
         # fine-tuning and detection transfer of the random init: rank 0 alone (copies of the
@@ -287,7 +287,8 @@ def fit(
             )
         last = epoch + 1 == cfg.train.epochs
         every = cfg.eval.every_n_epochs
-        probe = probe_encoder(trainer.method, cfg.eval.layer)  # a view of the trunk: cheap
+        # a view of the trunk: cheap
+        probe = probe_encoder(trainer.method, cfg.eval.layer, cfg.eval.pool_grid)
         if last or (every and (epoch + 1) % every == 0):
             metrics.update(evaluator(probe))
         if last:

@@ -323,6 +323,12 @@ def test_init_rows_split_by_image_size_and_width(df, meta):
     assert [r.label for r in rows] == ["random init (small_resnet)",
                                        "random init (small_resnet, stage-2)"]
     assert [r.cells[0].mean for r in rows] == [pytest.approx(55.0), pytest.approx(51.0)]
+    mixed["eval.layer"] = "final"
+    mixed["eval.pool_grid"] = [4.0 if s == 0 else float("nan") for s in mixed["seed"]]
+    rows = [r for r in build_table(mixed, small_spec(), meta).rows if r.is_init]
+    assert [r.label for r in rows] == ["random init (small_resnet)",
+                                       "random init (small_resnet, probed 4x4)"]
+    assert [r.cells[0].mean for r in rows] == [pytest.approx(55.0), pytest.approx(51.0)]
 
 
 def test_retried_trial_that_finished_is_finished(tmp_path):

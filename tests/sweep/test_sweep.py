@@ -82,6 +82,19 @@ def test_variants_own_grids_and_linked_keys(tmp_path: Path) -> None:
     assert all(t.config.train.batch_size == t.config.method.queue_size for t in e2e)  # type: ignore[union-attr]
 
 
+def test_a_variant_takes_its_own_seeds_and_a_seed_key_is_refused(tmp_path: Path) -> None:
+    """`variants.x.seeds` replaces the sweep's seeds for that row; a `seed` in a set or a grid
+    would be overwritten by `seeds:` silently, so it is an error that names `seeds`."""
+    path = write_sweep(tmp_path, grid={}, seeds=[0], variants={"two": {"seeds": [0, 1]}, "one": {}})
+    trials = expand(load_sweep(path))
+    assert sorted((t.label, t.seed, t.config.seed) for t in trials) == [
+        ("one", 0, 0), ("two", 0, 0), ("two", 1, 1)]
+    for bad in ({"grid": {"seed": [0, 1]}}, {"set": {"seed": 3}},
+                {"variants": {"x": {"grid": {"seed,optim.lr": [[0, 0.1]]}}}}):
+        with pytest.raises(ConfigError, match=r"seed: a trial's seed comes from `seeds:`"):
+            load_sweep(write_sweep(tmp_path, **bad))
+
+
 def test_bad_keys_and_values_name_the_trial_and_the_dotted_path(tmp_path: Path) -> None:
     msg = problems(write_sweep(tmp_path, grid={"method.ema_decay": [0.9, 1.5]}))
     assert "trial t seed=0 method.ema_decay=1.5" in msg and "method.ema_decay" in msg
