@@ -70,6 +70,7 @@ SHIPPED = [
     "moco_momentum",
     "moco_shuffle_bn",
     "quickstart",
+    "recipe_budget",
     "recipe_byol",
     "recipe_demo",
     "recipe_moco_v2",
