@@ -135,7 +135,7 @@ def as_module(method: SSLMethod) -> nn.Module:
 
 def probe_encoder(method: SSLMethod, layer: str = "final", grid: int | None = None) -> nn.Module:
     """The module the frozen-feature probes read (kNN, linear, transfer, CC's clustering at
-    layer "final"): a method's optional `probe_encoder(layer)` (Jigsaw++'s tile grid,
+    layer "final"): a method's optional `probe_encoder(layer, grid)` (Jigsaw++'s tile grid,
     `method.probe: tiles`), else its `feature_encoder()`; `layer` (`eval.layer`): that layer of
     the trunk, pooled over space, or over a `grid` x `grid` grid of regions (`eval.pool_grid`;
     `sslray.models.taps`). Fine-tuning and detection always take `feature_encoder()`: they need
