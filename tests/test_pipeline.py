@@ -148,3 +148,11 @@ def test_the_cluster_stage_clusters_what_the_sources_probes_read(
     early = extract_features(probe_encoder(method, "stage-2"), data, image_spec(cfg.data)).numpy()
     assert seen[1].shape == early.shape != tiles.shape
     np.testing.assert_allclose(seen[1], early, atol=1e-5)
+    # a source whose probes pool stage-2 over 2x2 (`eval.pool_grid`): k-means gets exactly that
+    grid_cfg = src_cfg.model_copy(update={"eval": src_cfg.eval.model_copy(
+        update={"layer": "stage-2", "pool_grid": 2})})
+    cluster_stage(cfg, grid_cfg, location(tmp_path / "src").uri)
+    gridded = extract_features(probe_encoder(method, "stage-2", 2), data,
+                               image_spec(cfg.data)).numpy()
+    assert seen[2].shape == gridded.shape == (128, 4 * early.shape[1])
+    np.testing.assert_allclose(seen[2], gridded, atol=1e-5)
