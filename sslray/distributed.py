@@ -7,6 +7,10 @@ Train workers, and without torch.distributed at all (unit tests, Ray Train local
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -146,3 +150,38 @@ def wait_for_evaluation() -> None:
     finished evaluating, so the next training collective starts together."""
     if is_distributed() and world_size() > 1:
         dist.barrier(group=_group())
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def node_threads() -> Iterator[int]:
+    """Rank 0 computing alone (kNN, the probes, fine-tuning) while the other ranks wait in
+    `wait_for_evaluation`: it runs on the CPU threads of every rank of its node
+    (LOCAL_WORLD_SIZE, set by Ray Train, times its own torch threads; at most the CPUs it may
+    run on), torch's and faiss's, and gives them back afterwards. Yields the thread count.
+    One process, or another rank: unchanged. (A 2-worker CPU run on 2 cores evaluates on both.)
+    """
+    before = torch.get_num_threads()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if world_size() > 1 and rank() == 0 \
+        else 1
+    n = min(before * local, _usable_cpus())
+    if n <= before:
+        yield before
+        return
+    faiss = sys.modules.get("faiss")  # its own OpenMP pool (OMP_NUM_THREADS in a Ray worker)
+    faiss_before = faiss.omp_get_max_threads() if faiss is not None else None
+    torch.set_num_threads(n)
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+        if faiss is not None and faiss_before is not None:
+            faiss.omp_set_num_threads(faiss_before)

@@ -92,10 +92,12 @@ class Evaluator:
         args = (encoder, train, test, self.spec)
         kw: dict[str, Any] = dict(epochs=e.linear_paper_epochs, lr=e.linear_paper_lr,
                                   device=self.device, seed=self.cfg.seed)
-        if self.files:
-            out = linear_probe_paper_folder(*args, num_workers=self.cfg.data.loader_workers, **kw)
-        else:
-            out = linear_probe_paper(*args, **kw)
+        with dist.node_threads():
+            if self.files:
+                out = linear_probe_paper_folder(*args, num_workers=self.cfg.data.loader_workers,
+                                                **kw)
+            else:
+                out = linear_probe_paper(*args, **kw)
         return {f"eval/linear_paper_{k}": v for k, v in out.items()}
 
     def _protocols(self, feats: tuple[Any, ...], num_classes: int, prefix: str,
@@ -125,12 +127,14 @@ class Evaluator:
         if train is None or test is None:
             return {}  # not rank 0
         time.sleep(float(os.environ.get(SLOW_EVAL_ENV) or 0))
-        out = self._protocols((*train, *test), self.num_classes, "eval/", suffix)
-        if memory is not None:
-            e = self.cfg.eval
-            out[f"eval/knn_train_split_top1{suffix}"] = knn_top1(
-                *memory, *test, k=min(e.knn_k, len(memory[1])), temperature=e.knn_temperature,
-                num_classes=self.num_classes, center=e.knn_center)
+        with dist.node_threads():  # the other ranks wait: rank 0 takes their threads
+            out = self._protocols((*train, *test), self.num_classes, "eval/", suffix)
+            if memory is not None:
+                e = self.cfg.eval
+                out[f"eval/knn_train_split_top1{suffix}"] = knn_top1(
+                    *memory, *test, k=min(e.knn_k, len(memory[1])),
+                    temperature=e.knn_temperature, num_classes=self.num_classes,
+                    center=e.knn_center)
         return out
 
     def pixels(self) -> dict[str, float]:
@@ -173,7 +177,8 @@ class Evaluator:
         from sslray.eval.finetune import finetune
 
         train, test, spec = self._finetune_splits()
-        out = finetune(encoder, train, test, spec, ft, device=self.device, seed=self.cfg.seed)
+        with dist.node_threads():
+            out = finetune(encoder, train, test, spec, ft, device=self.device, seed=self.cfg.seed)
         name = ft.dataset or self.cfg.data.dataset
         return {f"finetune/{name}/{k}{suffix}": v for k, v in out.items()}
 
@@ -187,11 +192,13 @@ class Evaluator:
 
         if self._detection_cache is None:
             self._detection_cache = load_splits(det)
-        out = detection_transfer(
-            encoder, det, self._detection_cache, pretrain_dataset=self.cfg.data.dataset,
-            device=self.device, seed=self.cfg.seed,
-            workers=0 if det.dataset == "fmnist_det" else self.cfg.data.loader_workers,
-            log=lambda line: print(f"{line}{' (random init)' if suffix else ''}", flush=True))
+        with dist.node_threads():
+            out = detection_transfer(
+                encoder, det, self._detection_cache, pretrain_dataset=self.cfg.data.dataset,
+                device=self.device, seed=self.cfg.seed,
+                workers=0 if det.dataset == "fmnist_det" else self.cfg.data.loader_workers,
+                log=lambda line: print(f"{line}{' (random init)' if suffix else ''}",
+                                       flush=True))
         return {f"detection/{det.dataset}/{k}{suffix}": v for k, v in out.items()}
 
     def transfer(self, encoder: nn.Module, suffix: str = "") -> dict[str, float]:
@@ -205,6 +212,7 @@ class Evaluator:
             splits = self._transfer_splits(name)
             train, test = (self.features(encoder, s, spec) for s in splits)
             if train is not None and test is not None:
-                out.update(self._protocols((*train, *test), splits[0].num_classes,
-                                           f"transfer/{name}/", suffix))
+                with dist.node_threads():
+                    out.update(self._protocols((*train, *test), splits[0].num_classes,
+                                               f"transfer/{name}/", suffix))
         return out

@@ -53,7 +53,10 @@ def linear_probe_fast(
     x = (x - mean) / std
     xt = (test_features.to(device).double() - mean) / std
     y = train_labels.to(device).long()
-    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, device=device,
+    # The weight is (C, D), as nn.Linear's: its gradient is then g^T @ x, a GEMM over x as
+    # stored; with a (D, C) weight it is x^T @ g, which CPU BLAS runs 3-5x slower on a
+    # (10k, 2048) x (the whole probe: 105 s -> 34 s on one AVX2 core).
+    w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=device,
                     requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, device=device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
@@ -61,13 +64,13 @@ def linear_probe_fast(
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + weight_decay * (w * w).sum()
+        loss = F.cross_entropy(F.linear(x, w, b), y) + weight_decay * (w * w).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        logits = xt @ w + b
+        logits = F.linear(xt, w, b)
     labels = test_labels.to(device).long()
     out = {"top1": topk_accuracy(logits, labels, 1)}
     if num_classes > 5:
