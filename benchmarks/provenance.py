@@ -32,6 +32,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The vector instruction set torch's CPU kernels use here (AVX512, AVX2, ...): two hosts
+    of one model name (AMD EPYC) differ by it, and bf16 is native only with AVX-512 BF16."""
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001  (a benchmark without torch still records the rest)
+        return "unknown"
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -44,6 +55,7 @@ def provenance(*packages: str) -> dict[str, Any]:
     return {
         "git_rev": git_revision(ROOT, timeout=10),
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cores": usable_cores(),
         "python": platform.python_version(),
         **versions(("torch", *packages)),

@@ -125,7 +125,7 @@ def targets(train: list[dict[str, Any]], peer: list[dict[str, Any]],
 
 
 def machine(records: list[dict[str, Any]]) -> list[str]:
-    keys = ("cpu", "cores", "python", "torch", "ray", "faiss", "sklearn", "git_rev")
+    keys = ("cpu", "cpu_isa", "cores", "python", "torch", "ray", "faiss", "sklearn", "git_rev")
     seen: dict[str, set[str]] = {k: set() for k in keys}
     for r in records:
         for k in keys:
@@ -236,7 +236,7 @@ def render(records: list[dict[str, Any]]) -> str:
     others = [r for r in records if r.get("bench") not in known]
     if others:
         out += ["## Other benchmark lines", ""]
-        hidden = {"_file", "git_rev", "cpu", "cores", "python", "torch", "ray", "faiss",
+        hidden = {"_file", "git_rev", "cpu", "cpu_isa", "cores", "python", "torch", "ray", "faiss",
                   "sklearn", "timestamp", "command"}
         for r in others:
             name = r.get("bench") or r.get("benchmark") or r["_file"]
