@@ -241,6 +241,7 @@ def fit(
     evaluator = Evaluator(cfg, device, train=data)
     if cfg.eval.at_init and trainer.epoch == 0 and not trainer.extra:
         # The random-init baseline of the same backbone, kept in the checkpoint for resumes.
+        evaluating = time.perf_counter()
         encoder = trainer.method.feature_encoder()
         probe = probe_encoder(trainer.method, cfg.eval.layer, cfg.eval.pool_grid)
         trainer.extra.update(evaluator(probe, suffix="_init"))
@@ -252,6 +253,7 @@ def fit(
         if cfg.eval.pixels:  # (N, 3*H*W) normalised pixels through the same probes
             trainer.extra.update(evaluator.pixels())
         dist.wait_for_evaluation()
+        trainer.extra["train/eval_init_s"] = time.perf_counter() - evaluating
     # Constants of earlier stages in every report (cc: the clustering's NMI, k, the source's kNN).
     trainer.extra.update(inputs.report)
     progress = EpochProgress(
@@ -289,6 +291,7 @@ def fit(
         every = cfg.eval.every_n_epochs
         # a view of the trunk: cheap
         probe = probe_encoder(trainer.method, cfg.eval.layer, cfg.eval.pool_grid)
+        evaluating = time.perf_counter()
         if last or (every and (epoch + 1) % every == 0):
             metrics.update(evaluator(probe))
         if last:
@@ -301,6 +304,7 @@ def fit(
             metrics.update(evaluator.detection(trainer.method.feature_encoder()))
         if last or (every and (epoch + 1) % every == 0):
             dist.wait_for_evaluation()
+            metrics["train/eval_s"] = time.perf_counter() - evaluating  # every rank's wait
         # Cost, kept across resumes: wall seconds of training + evaluation, and device-hours
         # (workers x GPUs per worker, or x CPUs per worker on CPU runs).
         trainer.extra["wall_s"] = trainer.extra.get("wall_s", 0.0) + time.perf_counter() - start

@@ -48,6 +48,8 @@ def test_smoke_train(name):
     assert 0.0 <= metrics["eval/knn_top1"] <= 1.0
     assert metrics["eval/knn_top1"] > 1.0 / cfg.data.synthetic_classes  # above chance
     assert "eval/knn_top1_init" in metrics
+    # what the evaluations cost, at init and at the end (the last epoch always evaluates)
+    assert 0.0 < metrics["train/eval_init_s"] and 0.0 < metrics["train/eval_s"]
 
 
 def test_moco_symmetric_and_no_shuffle_variants_train():
