@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import shlex
 import sys
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from sslray.provenance import git_revision, versions
+from sslray.provenance import git_revision, usable_cpus, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +43,7 @@ def cpu_isa() -> str:
 
 
 def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def provenance(*packages: str) -> dict[str, Any]:

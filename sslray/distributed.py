@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sslray.provenance import usable_cpus
+
 # How long a rank may wait for another's evaluation (rank 0 alone runs kNN and the probes on the
 # gathered features). The training collectives keep the process group's timeout (NCCL's 30 min
 # by default; resources.collective_timeout_s): evaluation waits go through their own gloo group
@@ -152,13 +154,6 @@ def wait_for_evaluation() -> None:
         dist.barrier(group=_group())
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 @contextmanager
 def node_threads() -> Iterator[int]:
     """Rank 0 computing alone (kNN, the probes, fine-tuning) while the other ranks wait in
@@ -170,7 +165,7 @@ def node_threads() -> Iterator[int]:
     before = torch.get_num_threads()
     local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if world_size() > 1 and rank() == 0 \
         else 1
-    n = min(before * local, _usable_cpus())
+    n = min(before * local, usable_cpus())
     if n <= before:
         yield before
         return

@@ -6,6 +6,7 @@ Standard library only; nothing here imports the libraries it reports on.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterable
 from importlib import metadata
@@ -53,3 +54,11 @@ def versions(names: Iterable[str] = LIBRARIES) -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 continue
     return out
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask on Linux, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

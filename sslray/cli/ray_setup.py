@@ -38,8 +38,9 @@ def local_capacity() -> tuple[float, float]:
     try:
         from ray._private.utils import get_num_cpus
     except ImportError:  # moved in a later Ray: the CPUs this process may use
-        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                     else os.cpu_count() or 1)
+        from sslray.provenance import usable_cpus
+
+        cpus = float(usable_cpus())
     else:
         cpus = float(get_num_cpus())
     return cpus, float(torch.cuda.device_count())

@@ -55,7 +55,7 @@ def linear_probe_fast(
     y = train_labels.to(device).long()
     # The weight is (C, D), as nn.Linear's: its gradient is then g^T @ x, a GEMM over x as
     # stored; with a (D, C) weight it is x^T @ g, which CPU BLAS runs 3-5x slower on a
-    # (10k, 2048) x (the whole probe: 105 s -> 34 s on one AVX2 core).
+    # (10k, 2048) x (the whole probe: 71 s -> 29 s on one AVX2 core, MEASUREMENTS.md).
     w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=device,
                     requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, device=device, requires_grad=True)

@@ -291,3 +291,44 @@ def test_knn_on_the_whole_training_split_is_a_second_named_memory() -> None:
                         num_classes=full.num_classes)
     assert b["eval/knn_train_split_top1"] == pytest.approx(expected, abs=1e-9)
     assert len(load_arrays(both.cfg.data, "train")) == 40  # the run's own data is the subset
+
+
+def test_rank0_runs_the_protocols_on_its_nodes_threads(monkeypatch) -> None:
+    """In a run of 2 ranks on one node, rank 0's kNN (both memories) and fast probe run inside
+    `dist.node_threads` (2 threads from 1), the features outside it (every rank extracts its own
+    share at once), and the thread count is given back afterwards."""
+    import os
+
+    import torch
+
+    import sslray.eval.evaluator as ev
+    from sslray import distributed as dist
+    from tests.conftest import tiny_config
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    seen: dict[str, list[int]] = {"knn": [], "linear": [], "features": []}
+
+    def spy(name, fn):
+        def wrapped(*args, **kw):
+            seen[name].append(torch.get_num_threads())
+            return fn(*args, **kw)
+        return wrapped
+
+    monkeypatch.setattr(ev, "knn_top1", spy("knn", ev.knn_top1))
+    monkeypatch.setattr(ev, "linear_probe_fast", spy("linear", ev.linear_probe_fast))
+    monkeypatch.setattr(ev, "extract_features", spy("features", ev.extract_features))
+    monkeypatch.setattr(dist, "world_size", lambda: 2)  # rank 0 of 2 (gathers: one process)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+        out = ev.Evaluator(tiny_config(data={"train_subset": 40},
+                                       eval={"knn_memory": "train_split"}),
+                           torch.device("cpu"))(encoder)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert "eval/knn_train_split_top1" in out and "eval/linear_fast_top1" in out
+    assert seen == {"knn": [2, 2], "linear": [2], "features": [1, 1, 1]} and after == 1
